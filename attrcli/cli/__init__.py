@@ -1,0 +1,1 @@
+"""The ``attrcli`` command line: thin Typer commands over the library functions."""

@@ -1,0 +1,92 @@
+"""``attrcli make-grids``: build grid files from a dataset's confidently classified images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attrcli.cli.app import command, emit, err, progress_bar, split_list
+from attrcli.data.datasets import DATASETS
+from attrcli.data.grids import VARIANTS
+from attrcli.store import read_artifact
+
+
+def _summary(path: Path, status: str) -> dict:
+    attrs = read_artifact(path, names=[]).attrs
+    keys = ("dataset", "variant", "n", "cell_size", "count", "reused", "confident", "pool_size",
+            "models", "min_conf", "seed")
+    return {"path": str(path), "status": status, **{k: attrs.get(k) for k in keys}}
+
+
+@command("make-grids")
+def make_grids_command(
+    dataset: Annotated[str, typer.Option(
+        help=f"Dataset whose held-out images fill the cells: {', '.join(DATASETS.names())}, "
+        "or module:Name for your own DatasetSpec.")] = "digits",
+    root: Annotated[Path | None, typer.Option(
+        help="Where the dataset lives (cifar10: the folder holding cifar-10-batches-py; imagenet: "
+        "the validation folder as <wnid>/*.JPEG; folder: one sub-folder per class). Not for digits.")] = None,
+    variant: Annotated[str, typer.Option(
+        help="Which grids: distinct (n² distinct classes, for GridPG), corners (two images of one "
+        f"class at top-left and bottom-right, for DiFull/DiPart), or both. Valid: {', '.join(VARIANTS)}, "
+        "both.")] = "both",
+    n: Annotated[int, typer.Option("--n", help="Grid size: n×n cells.")] = 2,
+    count: Annotated[int | None, typer.Option(
+        help="Grids per file (default: the dataset's, 100 per variant for digits; otherwise as many "
+        "as the confident images fill without reusing one).")] = None,
+    cell_size: Annotated[int | None, typer.Option(
+        help="Pixels per cell; must match the models' input size (default: the models' size).")] = None,
+    min_conf: Annotated[float, typer.Option(
+        help="Keep only images every model classifies correctly with at least this softmax "
+        "confidence.")] = 0.99,
+    models: Annotated[str | None, typer.Option(
+        help="Comma-separated model names whose confidence filters the images (default: the "
+        "dataset's; digits-vgg11,digits-resnet18 for digits).")] = None,
+    per_model: Annotated[bool, typer.Option(
+        "--per-model", help="Filter for each model separately and write one file per model "
+        "(default: one joint filter, so all models see the same grids).")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed: the same arguments give the same file.")] = 0,
+    out_dir: Annotated[Path, typer.Option(help="Folder for the grid files.")] = Path("data/grids"),
+    cache_dir: Annotated[Path, typer.Option(
+        help="Cache folder (trained digits models live in <cache-dir>/models).")] = Path("cache"),
+    device: Annotated[str, typer.Option(help="Where models run: auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per model pass.")] = 256,
+    download: Annotated[bool, typer.Option(
+        "--download", help="Fetch the dataset into --root first (cifar10 only).")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Rewrite files even when their config and inputs are unchanged.")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait for another process writing the same file instead of failing.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print a JSON summary of each file instead of the paths.")] = False,
+) -> None:
+    """Build grid images from held-out images the models classify confidently.
+
+    One file per variant (and per model with --per-model): <out-dir>/<name>.h5, paths on stdout.
+
+    Files whose config and inputs are unchanged are kept (--force rewrites them).
+    """
+    from attrcli.data.grids import make_grids
+    from attrcli.models import resolve_device
+
+    statuses: dict[Path, str] = {}
+
+    def report(path: Path, status: str) -> None:
+        statuses[path] = status
+        err.print(f"{status}: {path}", highlight=False)
+
+    with progress_bar() as progress:
+        paths = make_grids(
+            dataset=dataset, root=root, variant=variant, n=n, count=count, cell_size=cell_size,
+            min_conf=min_conf, models=split_list(models) if models is not None else None,
+            per_model=per_model, seed=seed, out_dir=out_dir, cache_dir=cache_dir,
+            device=resolve_device(device), download=download, force=force, wait=wait,
+            batch_size=batch_size, progress=progress, report=report,
+        )
+    if as_json:
+        typer.echo(json.dumps([_summary(p, statuses.get(p, "")) for p in paths], indent=2))
+    else:
+        emit(paths)

@@ -1,0 +1,1 @@
+"""attrcli plot commands."""

@@ -1,0 +1,1 @@
+"""attrcli scale commands."""

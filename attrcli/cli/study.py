@@ -1,0 +1,1 @@
+"""attrcli study commands."""

@@ -1,0 +1,1 @@
+"""The attribution engine: batched, shared passes over grids, settings, layers and methods."""

@@ -1,0 +1,76 @@
+"""Reading grid files for the engine, with the checks a setting and model need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from attrcli.errors import UserError
+from attrcli.models.adapter import ModelAdapter
+from attrcli.store import file_hash, read_artifact
+
+
+@dataclass
+class GridFile:
+    """A grid file as the engine uses it."""
+
+    path: Path
+    name: str
+    images: np.ndarray  # (N, 3, n·c, n·c) float32, normalised
+    labels: np.ndarray  # (N, n²)
+    n: int
+    cell_size: int
+    variant: str
+    num_classes: int
+    hash: str
+
+    @property
+    def count(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+
+def load_grid_file(path: Path | str) -> GridFile:
+    """Read a grid file written by ``make-grids``."""
+    path = Path(path)
+    artifact = read_artifact(path, names=["images", "labels"])
+    attrs = artifact.attrs
+    missing = [k for k in ("n", "cell_size", "variant") if k not in attrs]
+    if missing:
+        raise UserError(f"{path} is not a grid file (no {', '.join(missing)}); make one with make-grids")
+    class_names = attrs.get("class_names") or []
+    return GridFile(
+        path=path,
+        name=path.stem,
+        images=artifact.data["images"].astype(np.float32, copy=False),
+        labels=artifact.data["labels"].astype(np.int64, copy=False),
+        n=int(attrs["n"]),
+        cell_size=int(attrs["cell_size"]),
+        variant=str(attrs["variant"]),
+        num_classes=len(class_names) if class_names else int(artifact.data["labels"].max()) + 1,
+        hash=file_hash(path),
+    )
+
+
+def check_fit(grids: GridFile, *, setting_name: str, variant: str, model: ModelAdapter) -> None:
+    """Raise a one-line UserError if the grids do not fit the setting or the model."""
+    if grids.variant != variant:
+        raise UserError(
+            f"setting {setting_name} needs {variant} grids but {grids.path} holds {grids.variant} "
+            f"grids; make them with: attrcli make-grids --variant {variant}"
+        )
+    if grids.cell_size != model.cell_size:
+        raise UserError(
+            f"{grids.path} has {grids.cell_size}-pixel cells but {model.name} expects "
+            f"{model.cell_size}-pixel cells"
+        )
+    if grids.num_classes != model.num_classes or int(grids.labels.max()) >= model.num_classes:
+        raise UserError(
+            f"{grids.path} is built from a {grids.num_classes}-class dataset but {model.name} "
+            f"has {model.num_classes} classes"
+        )

@@ -1,0 +1,157 @@
+"""Method base class, specs (``name:key=value,...``) and the method registry.
+
+A method is one short class. Gradient methods only say how a map follows from the activations
+and gradients at a layer (:meth:`Method.from_gradients`); the engine computes those once for all
+of them. Methods that run the model themselves implement :meth:`Method.attribute` with the
+:class:`~attrcli.engine.context.AttributionContext`. Derived methods (smoothing) implement
+:meth:`Method.derive` over the cached maps of their base method, without running the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from attrcli.errors import UserError
+from attrcli.registry import Registry
+
+if TYPE_CHECKING:
+    from attrcli.engine.context import AttributionContext
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """A method without parameters."""
+
+
+class Method:
+    """Base class of all attribution methods.
+
+    Class attributes:
+        name: registry name (also the first part of the artifact's method spec).
+        kind: ``"gradient"`` (maps from activations and gradients at the layer; computed in
+            the shared pass), ``"model"`` (runs the network itself) or ``"derived"`` (from the
+            cached maps of ``base``).
+        guided: gradients come from the guided-backprop pass instead of the plain one.
+        base: for derived methods, the method whose maps they transform.
+        Config: a frozen dataclass of parameters (one comment per field).
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "gradient"
+    guided: ClassVar[bool] = False
+    base: ClassVar[str | None] = None
+    Config: ClassVar[type] = NoConfig
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def preset(cls, *, cell_size: int, layer: str) -> Any:
+        """The default config for a cell size and layer (paper presets where sizes matter)."""
+        return cls.Config()
+
+    def from_gradients(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        """Map ``(R, h, w)`` from activations and gradients ``(R, C, h, w)`` (grid layout)."""
+        raise NotImplementedError
+
+    def attribute(self, ctx: "AttributionContext") -> torch.Tensor:
+        """Maps ``(B, T, h, w)`` in grid layout for the batch in ``ctx``."""
+        raise NotImplementedError
+
+    def derive(self, maps: torch.Tensor) -> torch.Tensor:
+        """Derived maps ``(N, T, h, w)`` from the base method's maps."""
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method name with the parameters the user set (sorted by name, values as given)."""
+
+    name: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    def canonical(self) -> str:
+        """The spec string used in artifact keys: ``name`` or ``name:k=v,...``."""
+        if not self.params:
+            return self.name
+        return f"{self.name}:" + ",".join(f"{k}={v}" for k, v in self.params)
+
+    @property
+    def method_class(self) -> type[Method]:
+        return METHODS.get(self.name)
+
+    def build(self, *, cell_size: int, layer: str) -> Method:
+        """The method with its preset for this cell size and layer, then the user's values."""
+        cls = self.method_class
+        config = cls.preset(cell_size=cell_size, layer=layer)
+        if self.params:
+            config = _override(cls, config, dict(self.params))
+        return cls(config)
+
+
+def _coerce(cls: type[Method], field: dataclasses.Field, raw: str, hints: dict) -> Any:
+    kind = hints.get(field.name, str)
+    try:
+        if kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1")
+        if kind in (int, float, str):
+            return kind(raw)
+        return raw
+    except ValueError:
+        raise UserError(
+            f"method {cls.name}: parameter {field.name} must be {getattr(kind, '__name__', kind)}, got {raw!r}"
+        ) from None
+
+
+def _override(cls: type[Method], config: Any, values: dict[str, str]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        valid = ", ".join(fields) or "none"
+        raise UserError(f"method {cls.name} has no parameter {unknown[0]!r}; valid: {valid}")
+    hints = typing.get_type_hints(type(config))
+    changes = {name: _coerce(cls, fields[name], raw, hints) for name, raw in values.items()}
+    return dataclasses.replace(config, **changes)
+
+
+def parse_method(text: str) -> MethodSpec:
+    """Parse ``name``, ``name:k=v,k=v`` or ``package.module:Class[:k=v,...]``."""
+    text = text.strip()
+    head, sep, tail = text.rpartition(":")
+    if sep and "=" in tail:
+        name, params_text = head, tail
+    else:
+        name, params_text = text, ""
+    params: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in params_text.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key or not value:
+            raise UserError(f"invalid method parameter {item!r} in {text!r}: use key=value")
+        params[key.strip()] = value.strip()
+    cls = METHODS.get(name)
+    if params:
+        _override(cls, cls.Config(), params)  # validates names and types early
+    return MethodSpec(name, tuple(sorted(params.items())))
+
+
+def split_methods(text: str) -> list[str]:
+    """Split a ``--method`` list: ``occlusion:k=16,s=8,grad`` -> ``["occlusion:k=16,s=8", "grad"]``."""
+    out: list[str] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        if "=" in token and ":" not in token and out:
+            out[-1] += f",{token}"
+        else:
+            out.append(token)
+    return out

@@ -1,0 +1,28 @@
+"""Models: the registry, torchvision's VGG/ResNet families and the embedded digits models."""
+
+from attrcli.models.adapter import ModelAdapter
+from attrcli.models.registry import (
+    MODELS,
+    ModelInfo,
+    ModelSpec,
+    create_model,
+    describe_model,
+    list_models,
+    load_state_dict_file,
+    resolve_device,
+    state_dict_hash,
+)
+from attrcli.models import digits, torchvision_models  # noqa: E402,F401  (register the models)
+
+__all__ = [
+    "MODELS",
+    "ModelAdapter",
+    "ModelInfo",
+    "ModelSpec",
+    "create_model",
+    "describe_model",
+    "list_models",
+    "load_state_dict_file",
+    "resolve_device",
+    "state_dict_hash",
+]

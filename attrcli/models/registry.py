@@ -1,0 +1,298 @@
+"""The model registry: names to :class:`ModelSpec`, and :func:`create_model`.
+
+A registered model is a spec: how to build the module, which adapter family splits it into
+feature blocks and a head, and where its default weights come from (torchvision's cache, or the
+digits models trained on first use). A user's own model is given as ``module:attr`` where
+``attr`` is a :class:`ModelSpec` or a zero-argument factory returning a
+:class:`~attrcli.models.adapter.ModelAdapter`.
+
+Weights are only ever loaded with ``torch.load(..., weights_only=True)``: a file that would need
+to run code to unpickle is refused.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Protocol
+
+import torch
+from torch import nn
+
+from attrcli.errors import UserError
+from attrcli.models.adapter import ModelAdapter, resnet_adapter, vgg_adapter
+from attrcli.registry import Registry
+from attrcli.store import content_hash
+
+Progress = Callable[[str, int, int], None]
+StateDict = dict[str, torch.Tensor]
+RANDOM = "random"
+INIT_SEED = 0
+FAMILIES: dict[str, Callable[..., ModelAdapter]] = {"vgg": vgg_adapter, "resnet": resnet_adapter}
+
+
+class DefaultWeights(Protocol):
+    """Returns the state dict a spec uses when no weights are given."""
+
+    def __call__(
+        self, spec: "ModelSpec", *, cache_dir: Path, progress: Progress | None
+    ) -> StateDict: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one model."""
+
+    name: str  # registry name, also the model part of artifact keys
+    family: str  # "vgg" or "resnet": the adapter that splits it into blocks and head
+    factory: Callable[[], nn.Module]  # builds the module with fresh random weights
+    cell_size: int  # pixel size of one image (one grid cell)
+    num_classes: int
+    mean: tuple[float, float, float]  # input normalisation the model expects
+    std: tuple[float, float, float]
+    description: str  # one line for `attrcli models`
+    default_weights: DefaultWeights | None = None  # used when create_model gets weights=None
+    aliases: Mapping[str, str] = field(default_factory=dict)  # overrides of the family's aliases
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"model {self.name}: family must be one of {sorted(FAMILIES)}")
+
+    def adapter(self, module: nn.Module) -> ModelAdapter:
+        """Split ``module`` (built by :attr:`factory`) into blocks and head."""
+        adapter = FAMILIES[self.family](
+            module,
+            name=self.name,
+            cell_size=self.cell_size,
+            mean=self.mean,
+            std=self.std,
+            num_classes=self.num_classes,
+        )
+        adapter.aliases.update(self.aliases)
+        return adapter
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def list_models() -> list[str]:
+    """Names of the registered models, sorted."""
+    return MODELS.names()
+
+
+def build_module(spec: ModelSpec) -> nn.Module:
+    """The spec's module with random weights drawn from a fixed seed (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        return spec.factory()
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for but CUDA is not available; valid: cpu, auto")
+    if resolved.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {device!r}; valid: auto, cpu, cuda, cuda:N")
+    return resolved
+
+
+def state_dict_hash(state: Mapping[str, torch.Tensor]) -> str:
+    """Content hash of a state dict: names, dtypes, shapes and bytes in sorted key order."""
+    items: list = []
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        raw = tensor.reshape(-1).view(torch.uint8).numpy()
+        items += [key, str(tensor.dtype), list(tensor.shape), raw]
+    return content_hash(*items)
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def load_state_dict_file(path: Path | str) -> StateDict:
+    """Read a state dict without executing code (``weights_only=True``).
+
+    A checkpoint that wraps the state dict as ``{"state_dict": ...}`` is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise UserError(f"weights file {path} {problem}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise UserError(
+                f"{path} is not a readable weights file (corrupt, or not written by torch.save)"
+            ) from None
+        raise UserError(
+            f"{path} was refused: unpickling it would need to run code ({found[1]}), and attrcli "
+            "only loads plain state dicts (torch.save(model.state_dict(), path))"
+        ) from None
+    except Exception as exc:  # torch.load raises many types for corrupt files
+        raise UserError(f"{path} is not a readable weights file: {_first_line(exc)}") from None
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not (
+        isinstance(obj, Mapping)
+        and obj
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
+        raise UserError(f"{path} is not a state dict (a mapping of parameter names to tensors)")
+    return dict(obj)
+
+
+def apply_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, model: str, source: str) -> None:
+    """Load ``state`` into ``module``; the first key or shape that does not fit is a UserError."""
+    expected = module.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise UserError(
+                f"weights {source} do not fit model {model}: parameter {key} "
+                f"(shape {tuple(tensor.shape)}) is missing"
+            )
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise UserError(
+                f"weights {source} do not fit model {model}: parameter {key} has shape "
+                f"{tuple(state[key].shape)} in the file, the model needs {tuple(tensor.shape)}"
+            )
+    extra = [key for key in state if key not in expected]
+    if extra:
+        raise UserError(
+            f"weights {source} do not fit model {model}: unexpected parameter {extra[0]} "
+            f"(shape {tuple(state[extra[0]].shape)})"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def _from_spec(
+    spec: ModelSpec,
+    weights: str | Path | None,
+    cache_dir: Path,
+    progress: Progress | None,
+) -> ModelAdapter:
+    state: StateDict | None = None
+    if weights is None:
+        if spec.default_weights is None:
+            raise UserError(
+                f"model {spec.name} has no default weights; pass --weights FILE or --weights random"
+            )
+        state = spec.default_weights(spec, cache_dir=cache_dir, progress=progress)
+        source = f"default weights of {spec.name}"
+    elif not (isinstance(weights, str) and weights == RANDOM):
+        state = load_state_dict_file(weights)
+        source = str(weights)
+    module = build_module(spec)
+    if state is not None:
+        apply_state_dict(module, state, model=spec.name, source=source)
+    return spec.adapter(module)
+
+
+def _from_factory(name: str, factory: Callable[[], object], weights: str | Path | None) -> ModelAdapter:
+    adapter = factory()
+    if not isinstance(adapter, ModelAdapter):
+        raise UserError(
+            f"model {name!r} must be a ModelSpec or a zero-argument factory returning a "
+            f"ModelAdapter, but it returned {type(adapter).__name__}"
+        )
+    if weights is not None and not (isinstance(weights, str) and weights == RANDOM):
+        state = load_state_dict_file(weights)
+        apply_state_dict(adapter.module, state, model=name, source=str(weights))
+    return adapter
+
+
+def create_model(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    cache_dir: Path = Path("cache"),
+    progress: Progress | None = None,
+) -> ModelAdapter:
+    """The adapter of model ``name`` in eval mode on ``device``, with ``weights_hash`` set.
+
+    ``weights``: ``None`` for the model's default weights (torchvision's cached file, never
+    downloaded; the digits models train on first use into ``cache_dir/models``), ``"random"``
+    for a fixed-seed random initialisation, or the path of a state-dict file.
+    ``progress(description, done, total)`` reports training of the digits models.
+    """
+    target = resolve_device(device)
+    obj = MODELS.get(name)
+    if isinstance(obj, ModelSpec):
+        adapter = _from_spec(obj, weights, Path(cache_dir), progress)
+    elif callable(obj):
+        adapter = _from_factory(name, obj, weights)
+    else:
+        raise UserError(
+            f"model {name!r} is a {type(obj).__name__}; expected a ModelSpec or a zero-argument "
+            "factory returning a ModelAdapter"
+        )
+    adapter.module.eval()
+    adapter.weights_hash = state_dict_hash(adapter.module.state_dict())
+    return adapter.to(target)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The layer structure of a model, as `attrcli models` shows it."""
+
+    name: str
+    family: str
+    cell_size: int
+    num_classes: int
+    description: str
+    aliases: dict[str, str]  # input / middle / final -> module path
+    layers: list[str]  # every attributable layer, in network order
+    stage_layers: list[str]  # what the layer spec `all` means (besides input)
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "cell_size": self.cell_size,
+            "num_classes": self.num_classes,
+            "description": self.description,
+            "aliases": dict(self.aliases),
+            "layers": list(self.layers),
+            "stage_layers": list(self.stage_layers),
+        }
+
+
+def describe_model(name: str) -> ModelInfo:
+    """Layer structure of ``name`` without loading or training weights.
+
+    Registered specs are built on the ``meta`` device (no memory, no initialisation cost). A
+    user factory (``module:attr``) is called as is.
+    """
+    obj = MODELS.get(name)
+    if isinstance(obj, ModelSpec):
+        with torch.device("meta"):
+            adapter = obj.adapter(obj.factory())
+        family, description = obj.family, obj.description
+    elif callable(obj):
+        adapter = _from_factory(name, obj, None)
+        family = "custom"
+        description = ((obj.__doc__ or "").strip().splitlines() or ["user model"])[0]
+    else:
+        raise UserError(f"model {name!r} is a {type(obj).__name__}, not a ModelSpec or factory")
+    return ModelInfo(
+        name=name,
+        family=family,
+        cell_size=adapter.cell_size,
+        num_classes=adapter.num_classes,
+        description=description,
+        aliases={"input": "input", **adapter.aliases},
+        layers=adapter.layers,
+        stage_layers=list(adapter.stage_layers),
+    )

@@ -1,0 +1,136 @@
+"""What every grid setting shares.
+
+A setting runs one model on an n×n grid image in one of three ways. It is described by three
+small functions, and everything else (ML-Att prefixes and suffixes, target selection) follows:
+
+- :meth:`GridSetting.split` maps a grid to the network's input layout (DiFull stacks the cells
+  along the batch dimension; the others pass the grid through whole);
+- :meth:`GridSetting.to_map` maps a tensor in that layout back to grid layout, so that maps
+  of DiFull are the per-cell maps stitched together;
+- :meth:`GridSetting.heads` maps the final feature map to logits ``(B, heads, classes)``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from attrcli.errors import UserError
+from attrcli.models.adapter import ModelAdapter
+from attrcli.registry import Registry
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What is explained for each grid image of a batch.
+
+    Target slot ``t`` explains head ``heads[t]`` for class ``classes[b, t]``; its target cell
+    (the cell whose image the head should use) is ``cells[t]``.
+    """
+
+    heads: torch.Tensor  # (T,) long
+    cells: torch.Tensor  # (T,) long
+    classes: torch.Tensor  # (B, T) long
+
+    @property
+    def count(self) -> int:
+        return int(self.cells.numel())
+
+    def to(self, device: torch.device | str) -> "Targets":
+        return Targets(self.heads.to(device), self.cells.to(device), self.classes.to(device))
+
+
+class GridSetting(ABC):
+    """One way to run ``model`` on n×n grids of ``model.cell_size`` pixel cells."""
+
+    name: ClassVar[str]
+    variant: ClassVar[str]  # the grid variant this setting is evaluated on
+    disconnected: ClassVar[bool] = False  # head i depends on cell i alone
+
+    def __init__(self, model: ModelAdapter, n: int) -> None:
+        if n < 1:
+            raise UserError(f"grid size n must be at least 1, got {n}")
+        self.model = model
+        self.n = n
+
+    # --- layouts -----------------------------------------------------------------------
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """Grid images ``(B, 3, nc, nc)`` to the network's input layout."""
+        return x
+
+    def to_map(self, a: torch.Tensor) -> torch.Tensor:
+        """A tensor in network layout to grid layout ``(B, C, h, w)``."""
+        return a
+
+    def from_map(self, m: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_map`."""
+        return m
+
+    @abstractmethod
+    def heads(self, features: torch.Tensor) -> torch.Tensor:
+        """Final feature map (network layout) to logits ``(B, num_heads, classes)``."""
+
+    @property
+    @abstractmethod
+    def num_heads(self) -> int: ...
+
+    # --- ML-Att ------------------------------------------------------------------------
+    def prefix(self, x: torch.Tensor, layer_index: int) -> torch.Tensor:
+        """Activations at the layer (network layout): the part of the model before it."""
+        return self.model.run_blocks(self.split(x), -1, layer_index)
+
+    def suffix(self, a: torch.Tensor, layer_index: int) -> torch.Tensor:
+        """Logits ``(B, heads, classes)`` from activations held fixed at the layer."""
+        return self.heads(self.model.run_blocks(a, layer_index))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.suffix(self.split(x), -1)
+
+    # --- targets -----------------------------------------------------------------------
+    def default_cells(self) -> list[int]:
+        """Cells evaluated by default: all for GridPG, the two corners otherwise."""
+        return list(range(self.n * self.n))
+
+    def resolve_cells(self, spec: str | list[int] | None) -> list[int]:
+        """``None``/``"default"``, ``"all"`` or a list of cell indices."""
+        cells_total = self.n * self.n
+        if spec is None or spec == "default":
+            return self.default_cells()
+        if spec == "all":
+            return list(range(cells_total))
+        items = [int(c) for c in spec.split(",")] if isinstance(spec, str) else list(spec)
+        bad = [c for c in items if not 0 <= c < cells_total]
+        if bad or not items or len(set(items)) != len(items):
+            raise UserError(
+                f"invalid --heads {spec!r}: give distinct cell indices in 0..{cells_total - 1}, "
+                "'all' or 'default'"
+            )
+        return items
+
+    def head_of_cell(self, cell: int) -> int:
+        return cell
+
+    def targets(self, labels: torch.Tensor, cells: list[int]) -> Targets:
+        """Targets for grid labels ``(B, n²)`` and the evaluated cells."""
+        cell_t = torch.tensor(cells, dtype=torch.long, device=labels.device)
+        heads = torch.tensor([self.head_of_cell(c) for c in cells], dtype=torch.long, device=labels.device)
+        return Targets(heads=heads, cells=cell_t, classes=labels[:, cell_t])
+
+    def cell_mask(self, cells: torch.Tensor, size: tuple[int, int], device=None) -> torch.Tensor:
+        """Boolean masks ``(T, h, w)``: the region of each target cell in a map of ``size``."""
+        h, w = size
+        rows = torch.arange(h, device=device) * self.n // h
+        cols = torch.arange(w, device=device) * self.n // w
+        cell_of = rows[:, None] * self.n + cols[None, :]
+        return cell_of[None] == cells.to(device)[:, None, None]
+
+
+SETTINGS: Registry[type[GridSetting]] = Registry("setting")
+
+
+def create_setting(name: str, model: ModelAdapter, n: int) -> GridSetting:
+    """Instantiate a registered setting by name."""
+    return SETTINGS.get(name)(model, n)
