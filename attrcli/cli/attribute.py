@@ -20,7 +20,7 @@ def attribute_command(
     method: str = typer.Option("grad", "--method", help="Comma list of methods, each optionally with parameters: occlusion:k=16,s=8. 'all' for every method."),
     heads: Optional[str] = typer.Option(None, "--heads", help="Cells to evaluate: 'default' (all for gridpg, the two corners otherwise), 'all', or indices like 0,3."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Grid images (or perturbations) per forward pass; bounds memory."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Grid images per forward pass (intgrad: grid images x steps; perturbation methods: perturbed copies); bounds memory."),
     weights: Optional[str] = typer.Option(None, "--weights", help="State-dict file for the model (loaded with weights_only=True)."),
     cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Root of the artifact cache."),
     seed: int = typer.Option(0, "--seed", help="Seed for methods that sample (RISE, SmoothGrad)."),
@@ -35,14 +35,12 @@ def attribute_command(
     """
     from attrcli.engine.attribute import attribute
 
-    results = []
     with progress_bar(quiet) as progress:
-        for name in split_list(setting):
-            results += attribute(
-                grids=grids, setting=name, model=model, layers=layer, methods=method, heads=heads,
-                device=device, batch_size=batch_size, force=force, wait=wait, cache_root=cache_dir,
-                weights=weights, seed=seed, progress=progress,
-            )
+        results = attribute(
+            grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method,
+            heads=heads, device=device, batch_size=batch_size, force=force, wait=wait,
+            cache_root=cache_dir, weights=weights, seed=seed, progress=progress,
+        )
     for result in results:
         err.print(f"{result.status:>10}  {result.key.label()}", highlight=False)
     if as_json:

@@ -1,1 +1,219 @@
-"""attrcli plot commands."""
+"""``attrcli plot <figure>``: the figures of SPEC §4, drawn from artifacts alone (no model).
+
+Inputs are artifact paths (``-`` reads them from stdin, so ``attrcli score ... | attrcli plot
+boxes -`` works) or a selection on disk: ``--grids`` with ``--setting/--model/--layer/--method``
+under ``--cache-dir``. Each command writes one figure (``reports/figures/<name>.<format>`` unless
+``--out``) and prints its path on stdout.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Callable
+
+import typer
+
+from attrcli.cli.analysis import Grids, Layer, Method, Model, Paths, Setting
+from attrcli.cli.app import app, err, paths_from_args, split_list
+from attrcli.errors import UserError
+from attrcli.metrics.selection import ALL, split_methods
+from attrcli.plots import (
+    FORMATS,
+    find_artifacts,
+    output_path,
+    plot_aggatt,
+    plot_boxes,
+    plot_correlation,
+    plot_examples,
+    plot_smoothing,
+)
+
+plot_app = typer.Typer(
+    name="plot",
+    help="Figures from artifacts (supplement Figs. 9, 10, 12, 19, 26); no model needed.",
+    no_args_is_help=True,
+)
+app.add_typer(plot_app, name="plot")
+
+CacheDir = Annotated[
+    Path | None, typer.Option("--cache-dir", help="Cache folder read with --grids (default: cache).")
+]
+Format = Annotated[
+    str | None,
+    typer.Option("--format", help=f"{', '.join(FORMATS)} (default: --out's suffix, else png)."),
+]
+Out = Annotated[
+    Path | None,
+    typer.Option("--out", help="Figure file (default: reports/figures/<figure>.<format>)."),
+]
+
+
+def figure(name: str) -> Callable:
+    """Register a ``plot`` sub-command with the error handling of :func:`attrcli.cli.app.command`."""
+
+    def wrap(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def run(*args, **kw):
+            try:
+                return func(*args, **kw)
+            except UserError as exc:
+                message = str(exc).replace("\n", " ")
+                err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                err.print("[red]interrupted[/red]")
+                raise typer.Exit(130) from None
+
+        return plot_app.command(name)(run)
+
+    return wrap
+
+
+def inputs(
+    paths: list[str] | None,
+    grids: str | None,
+    cache_dir: Path | None,
+    stage: str,
+    *,
+    setting: str = ALL,
+    model: str = ALL,
+    layer: str = ALL,
+    method: str = ALL,
+) -> list[Path]:
+    """Artifact paths from arguments or stdin, or the ``stage`` artifacts a selection names."""
+    if paths and grids:
+        raise UserError("give artifact paths or --grids with a selection, not both")
+    if paths:
+        if any(value != ALL for value in (setting, model, layer, method)):
+            raise UserError(
+                "--setting/--model/--layer/--method select keys with --grids, not paths"
+            )
+        return paths_from_args(paths)
+    if not grids:
+        raise UserError("nothing to plot: give artifact paths, '-' for stdin, or --grids FILE")
+    return find_artifacts(
+        cache_root=cache_dir or Path("cache"),
+        grids=grids,
+        stage=stage,
+        settings=split_list(setting),
+        models=split_list(model),
+        layers=split_list(layer),
+        methods=split_methods(method),
+    )
+
+
+@figure("boxes")
+def boxes_command(
+    paths: Paths = None,
+    grids: Grids = None,
+    setting: Setting = ALL,
+    model: Model = ALL,
+    layer: Layer = ALL,
+    method: Method = ALL,
+    cache_dir: CacheDir = None,
+    fmt: Format = None,
+    out: Out = None,
+) -> None:
+    """Box plots of localization scores per method and layer, a panel per setting and model (Fig. 9)."""
+    out_path, fmt = output_path("boxes", out, fmt)
+    found = inputs(paths, grids, cache_dir, "scores", setting=setting, model=model,
+                   layer=layer, method=method)
+    typer.echo(str(plot_boxes(score_paths=found, out=out_path, fmt=fmt)))
+
+
+@figure("aggatt")
+def aggatt_command(
+    paths: Paths = None,
+    grids: Grids = None,
+    setting: Setting = ALL,
+    model: Model = ALL,
+    layer: Layer = ALL,
+    method: Method = ALL,
+    cache_dir: CacheDir = None,
+    fmt: Format = None,
+    out: Out = None,
+) -> None:
+    """AggAtt bin maps: a row per method and layer, a column per percentile bin (Fig. 12)."""
+    out_path, fmt = output_path("aggatt", out, fmt)
+    found = inputs(paths, grids, cache_dir, "aggatt", setting=setting, model=model,
+                   layer=layer, method=method)
+    typer.echo(str(plot_aggatt(aggatt_paths=found, out=out_path, fmt=fmt)))
+
+
+@figure("examples")
+def examples_command(
+    paths: Paths = None,
+    grids: Grids = None,
+    setting: Setting = ALL,
+    model: Model = ALL,
+    layer: Layer = ALL,
+    method: Method = ALL,
+    cache_dir: CacheDir = None,
+    grid_file: Annotated[
+        Path | None,
+        typer.Option("--grid-file", help="Grid file (default: the one the attribution records)."),
+    ] = None,
+    fmt: Format = None,
+    out: Out = None,
+) -> None:
+    """The median example of each AggAtt bin: grid image and attribution map (Fig. 10)."""
+    out_path, fmt = output_path("examples", out, fmt)
+    found = inputs(paths, grids, cache_dir, "aggatt", setting=setting, model=model,
+                   layer=layer, method=method)
+    path = plot_examples(aggatt_paths=found, grid_file=grid_file, out=out_path, fmt=fmt)
+    typer.echo(str(path))
+
+
+@figure("correlation")
+def correlation_command(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Correlation artifacts (from attrcli correlate) or score artifacts; "
+            "'-' reads paths from stdin.",
+            show_default=False,
+        ),
+    ] = None,
+    grids: Grids = None,
+    setting: Setting = ALL,
+    model: Model = ALL,
+    layer: Layer = ALL,
+    method: Method = ALL,
+    cache_dir: CacheDir = None,
+    fmt: Format = None,
+    out: Out = None,
+) -> None:
+    """Heat map of Spearman correlations between methods and layers (Fig. 19)."""
+    out_path, fmt = output_path("correlation", out, fmt)
+    found = inputs(paths, grids, cache_dir, "scores", setting=setting, model=model,
+                   layer=layer, method=method)
+    typer.echo(str(plot_correlation(paths=found, out=out_path, fmt=fmt)))
+
+
+@figure("smoothing")
+def smoothing_command(
+    paths: Paths = None,
+    grids: Grids = None,
+    setting: Setting = ALL,
+    model: Model = ALL,
+    cache_dir: CacheDir = None,
+    layer: Annotated[
+        str, typer.Option("--layer", help="Layer of the smoothed maps (the paper: input).")
+    ] = "input",
+    reference: Annotated[
+        str,
+        typer.Option(
+            "--reference",
+            help="Key to correlate with: layer/method or setting/model/layer/method.",
+        ),
+    ] = "final/gradcam",
+    fmt: Format = None,
+    out: Out = None,
+) -> None:
+    """S-IntGrad / S-IxG localization and correlation with Grad-CAM against K (Tabs. 1-2, Fig. 26)."""
+    out_path, fmt = output_path("smoothing", out, fmt)
+    found = inputs(paths, grids, cache_dir, "scores", setting=setting, model=model)
+    path = plot_smoothing(score_paths=found, reference=reference, layer=layer, out=out_path,
+                          fmt=fmt)
+    typer.echo(str(path))

@@ -7,9 +7,11 @@ Terms used throughout the engine:
   per grid image in DiFull and ``u = 1`` otherwise.
 - a *unit* is the network-layout rows of one grid image (``u`` rows), the thing a forward pass
   is batched over; ``--batch-size`` counts units per forward.
-- *explained units*: in a connected setting each (grid image, target) pair needs its own unit,
-  because heads share every activation; in DiFull one unit explains all targets at once, since
-  the gradient of head i with respect to another cell is exactly zero (supplement F).
+- *explained units*: in a connected setting each (grid image, target) pair is explained by its
+  own backward (heads share every activation, so one forward per grid image serves all its
+  targets: :meth:`AttributionContext.target_gradients`); in DiFull one backward explains all
+  targets at once, since the gradient of head i with respect to another cell is exactly zero
+  (supplement F).
 """
 
 from __future__ import annotations
@@ -19,21 +21,10 @@ from functools import cached_property
 
 import torch
 
+from attrcli.engine.gradients import select_cells, target_gradients, target_logits
 from attrcli.settings.base import GridSetting, Targets
 
-
-def target_logits(
-    logits: torch.Tensor, targets: Targets, grid: torch.Tensor, target: torch.Tensor | None
-) -> torch.Tensor:
-    """Logit of each explained unit ``(U,)`` from ``(U, heads, classes)``.
-
-    ``target=None`` (DiFull) sums the logits of every target of the unit's grid image.
-    """
-    rows = torch.arange(len(grid), device=logits.device)
-    classes = targets.classes[grid]  # (U, T)
-    if target is None:
-        return logits[rows[:, None], targets.heads[None], classes].sum(1)
-    return logits[rows, targets.heads[target], classes[rows, target]]
+__all__ = ["AttributionContext", "target_logits"]
 
 
 @dataclass
@@ -105,6 +96,28 @@ class AttributionContext:
             values = self.objective(self.suffix_logits(a), grid, target)
             (grad,) = torch.autograd.grad(values.sum(), a)
         return values.detach(), grad
+
+    def target_gradients(
+        self, a: torch.Tensor, grid: torch.Tensor, *, retain_graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of network-layout rows ``a`` (units of grid images ``grid``) and the gradient of
+        every target's logit w.r.t. ``a``, in grid layout: ``(U, T, C, h, w)``, or ``(U, 1, C, h,
+        w)`` in DiFull where all targets share one backward (:meth:`select_cells` splits it).
+
+        One forward serves every target of a unit, however many heads are evaluated.
+        """
+        with torch.enable_grad():
+            a = a.detach().requires_grad_(True)
+            logits = self.suffix_logits(a)
+            (grad,) = target_gradients(
+                self.setting, logits, self.targets, grid, [a], retain_graph=retain_graph
+            )
+        return logits.detach(), grad
+
+    def select_cells(self, maps: torch.Tensor) -> torch.Tensor:
+        """DiFull ``(U, 1, ...)`` grid-layout tensors to ``(U, T, ...)``, each target keeping its
+        own cell; connected settings' tensors pass unchanged."""
+        return select_cells(self.setting, self.targets, maps)
 
     def per_target(self, maps: torch.Tensor, grid: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         """Per-unit grid-layout tensors ``(U, C, h, w)`` to ``(B, T, C, h, w)``.

@@ -1,20 +1,147 @@
-"""The shared gradient pass: one forward and one backward for every gradient method at every
-requested layer (SPEC §5).
+"""The shared gradient pass: one forward and one backward per target for every gradient method at
+every requested layer (SPEC §5).
 
-Under ML-Att the gradient of the rest of the network at layer L equals the gradient of the
-whole network at L, so a single backward through the full network yields the gradients at all
-layers at once. Guided backprop needs one more pass with guided ReLUs.
+Under ML-Att the gradient of the rest of the network at layer L equals the gradient of the whole
+network at L, so one backward through the network yields the gradients at all layers at once.
+The forward runs once per grid image, not once per target: the heads of a grid image share
+every activation, so each target's logit is differentiated through the same graph. DiFull needs
+a single backward for all its targets, as head i has zero gradient outside cell i (supplement F).
+Guided backprop reuses the same forward too: the ReLUs are switched to the guided rule between
+the plain and the guided backward (:mod:`attrcli.engine.guided`).
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import torch
 
-from attrcli.engine.context import target_logits
-from attrcli.engine.guided import guided_relus
+from attrcli.engine.guided import BackwardRule, switchable_relus
 from attrcli.settings.base import GridSetting, Targets
+
+PLAIN, GUIDED = "plain", "guided"
+
+
+def target_logits(
+    logits: torch.Tensor, targets: Targets, grid: torch.Tensor, target: torch.Tensor | None
+) -> torch.Tensor:
+    """Logit of each explained unit ``(U,)`` from ``(U, heads, classes)``.
+
+    Unit ``u`` belongs to grid image ``grid[u]`` of the batch. ``target=None`` (DiFull) sums the
+    logits of every target of the unit's grid image.
+    """
+    rows = torch.arange(len(grid), device=logits.device)
+    classes = targets.classes[grid]  # (U, T)
+    if target is None:
+        return logits[rows[:, None], targets.heads[None], classes].sum(1)
+    return logits[rows, targets.heads[target], classes[rows, target]]
+
+
+def target_gradients(
+    setting: GridSetting,
+    logits: torch.Tensor,
+    targets: Targets,
+    grid: torch.Tensor,
+    inputs: Sequence[torch.Tensor],
+    *,
+    retain_graph: bool = False,
+) -> list[torch.Tensor]:
+    """Gradients of the target logits with respect to each of ``inputs``, in grid layout.
+
+    ``logits`` ``(U, heads, classes)`` come from network-layout ``inputs`` holding ``U`` units,
+    unit ``u`` showing grid image ``grid[u]``. Each result is ``(U, T, C, h, w)`` with one
+    backward per target in connected settings, or ``(U, 1, C, h, w)`` in DiFull: the gradient of
+    the summed target logits, in which target ``t`` owns cell ``cells[t]`` alone (see
+    :func:`select_cells`).
+    """
+    if setting.disconnected:
+        values = target_logits(logits, targets, grid, None)
+        grads = torch.autograd.grad(values.sum(), list(inputs), retain_graph=retain_graph)
+        return [setting.to_map(g)[:, None] for g in grads]
+    rows = torch.arange(len(grid), device=logits.device)
+    per_input: list[list[torch.Tensor]] = [[] for _ in inputs]
+    count = targets.count
+    for t in range(count):
+        values = logits[rows, targets.heads[t], targets.classes[grid, t]]
+        grads = torch.autograd.grad(
+            values.sum(), list(inputs), retain_graph=retain_graph or t < count - 1
+        )
+        for store, g in zip(per_input, grads):
+            store.append(g)
+    return [torch.stack(grads, 1) for grads in per_input]
+
+
+def select_cells(setting: GridSetting, targets: Targets, maps: torch.Tensor) -> torch.Tensor:
+    """``(U, 1, ...)`` DiFull tensors (all targets in one) to ``(U, T, ...)``: target ``t`` keeps
+    its own cell, which is exact because head ``t`` has zero gradient everywhere else.
+    Connected settings' ``(U, T, ...)`` tensors pass unchanged."""
+    if not setting.disconnected:
+        return maps
+    mask = setting.cell_mask(targets.cells, maps.shape[-2:], maps.device).to(maps.dtype)
+    shape = (1, targets.count) + (1,) * (maps.dim() - 4) + tuple(mask.shape[-2:])
+    return maps * mask.view(shape)
+
+
+@dataclass(frozen=True)
+class LayerGradients:
+    """Activations and per-target gradients at one layer, in grid layout."""
+
+    activations: torch.Tensor  # (B, 1, C, h, w)
+    gradients: torch.Tensor  # (B, T, C, h, w)
+
+
+def shared_gradients(
+    setting: GridSetting,
+    x: torch.Tensor,
+    targets: Targets,
+    layers: Mapping[str, Sequence[int]],
+) -> dict[str, dict[int, LayerGradients]]:
+    """Activations and gradients at the requested layers for each backward rule.
+
+    ``layers`` maps a rule (``"plain"``, ``"guided"``) to block indices (-1 for the input). The
+    prefix up to the earliest requested layer runs without a graph; one forward from there serves
+    every rule and layer, and each rule's backward stops at its own earliest layer.
+    """
+    wanted = {rule: sorted(set(indices)) for rule, indices in layers.items() if indices}
+    if not wanted:
+        return {}
+    unknown = set(wanted) - {PLAIN, GUIDED}
+    if unknown:
+        raise ValueError(f"unknown backward rule(s) {sorted(unknown)}; valid: {PLAIN}, {GUIDED}")
+    first = min(indices[0] for indices in wanted.values())
+    every = {i for indices in wanted.values() for i in indices}
+    grid = torch.arange(x.shape[0], device=x.device)
+    rule = BackwardRule()
+    patch = switchable_relus(setting.model.module, rule) if GUIDED in wanted else nullcontext()
+    out: dict[str, dict[int, LayerGradients]] = {}
+    with patch:
+        with torch.no_grad():
+            h = setting.prefix(x, first)
+        with torch.enable_grad():
+            h = h.detach().requires_grad_(True)
+            captured = {first: h}
+            for index in range(first + 1, len(setting.model.blocks)):
+                h = setting.model.blocks[index][1](h)
+                if index in every:
+                    captured[index] = h
+            logits = setting.heads(h)
+            rules = list(wanted)
+            for position, name in enumerate(rules):
+                rule.guided = name == GUIDED
+                grads = target_gradients(
+                    setting, logits, targets, grid, [captured[i] for i in wanted[name]],
+                    retain_graph=position < len(rules) - 1,
+                )
+                out[name] = {
+                    i: LayerGradients(
+                        setting.to_map(captured[i].detach())[:, None],
+                        select_cells(setting, targets, g),
+                    )
+                    for i, g in zip(wanted[name], grads)
+                }
+    return out
 
 
 def gradient_pass(
@@ -25,38 +152,8 @@ def gradient_pass(
     *,
     guided: bool = False,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Activations and gradients per layer, in grid layout, broadcastable to ``(B, T, C, h, w)``.
-
-    In connected settings each grid image is repeated once per target (heads share every
-    activation); in DiFull one pass explains every target and target t keeps its own cell of the
-    gradient, which is exact by construction.
-    """
-    B, T = x.shape[0], targets.count
-    device = x.device
-    wanted = sorted(set(layer_indices))
-    if setting.disconnected:
-        units, grid, target = x, torch.arange(B, device=device), None
-    else:
-        units = x.repeat_interleave(T, 0)
-        grid = torch.arange(B, device=device).repeat_interleave(T)
-        target = torch.arange(T, device=device).repeat(B)
-    context = guided_relus(setting.model.module) if guided else nullcontext()
-    with torch.enable_grad(), context:
-        h = setting.split(units).detach().requires_grad_(True)
-        captured = {-1: h}
-        for index, (_, block) in enumerate(setting.model.blocks):
-            h = block(h)
-            if index in wanted:
-                captured[index] = h
-        values = target_logits(setting.heads(h), targets, grid, target)
-        grads = torch.autograd.grad(values.sum(), [captured[i] for i in wanted])
-    out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for index, grad in zip(wanted, grads):
-        a = setting.to_map(captured[index].detach())
-        g = setting.to_map(grad)
-        if setting.disconnected:
-            mask = setting.cell_mask(targets.cells, g.shape[-2:], device).to(g.dtype)
-            out[index] = (a[:, None], g[:, None] * mask[None, :, None])
-        else:
-            out[index] = (a.view(B, T, *a.shape[1:]), g.view(B, T, *g.shape[1:]))
-    return out
+    """Activations ``(B, 1, C, h, w)`` and gradients ``(B, T, C, h, w)`` per layer, grid layout,
+    of one backward rule (see :func:`shared_gradients`, which serves several rules at once)."""
+    rule = GUIDED if guided else PLAIN
+    result = shared_gradients(setting, x, targets, {rule: layer_indices}).get(rule, {})
+    return {i: (r.activations, r.gradients) for i, r in result.items()}

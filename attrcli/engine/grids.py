@@ -43,16 +43,25 @@ def load_grid_file(path: Path | str) -> GridFile:
     missing = [k for k in ("n", "cell_size", "variant") if k not in attrs]
     if missing:
         raise UserError(f"{path} is not a grid file (no {', '.join(missing)}); make one with make-grids")
+    images, labels = artifact.data["images"], artifact.data["labels"]
+    n, cell = int(attrs["n"]), int(attrs["cell_size"])
+    if images.ndim != 4 or images.shape[1:] != (3, n * cell, n * cell) or len(images) < 1:
+        raise UserError(
+            f"{path} holds images of shape {images.shape}, expected (N>=1, 3, {n * cell}, {n * cell}) "
+            f"for its {n}x{n} grids of {cell}-pixel cells"
+        )
+    if labels.shape != (len(images), n * n) or labels.min() < 0:
+        raise UserError(f"{path} holds labels of shape {labels.shape}, expected ({len(images)}, {n * n})")
     class_names = attrs.get("class_names") or []
     return GridFile(
         path=path,
         name=path.stem,
-        images=artifact.data["images"].astype(np.float32, copy=False),
-        labels=artifact.data["labels"].astype(np.int64, copy=False),
-        n=int(attrs["n"]),
-        cell_size=int(attrs["cell_size"]),
+        images=np.ascontiguousarray(images, dtype=np.float32),
+        labels=np.ascontiguousarray(labels, dtype=np.int64),
+        n=n,
+        cell_size=cell,
         variant=str(attrs["variant"]),
-        num_classes=len(class_names) if class_names else int(artifact.data["labels"].max()) + 1,
+        num_classes=len(class_names) if class_names else int(labels.max()) + 1,
         hash=file_hash(path),
     )
 

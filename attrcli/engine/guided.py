@@ -1,4 +1,9 @@
-"""Guided backpropagation through every ReLU module, undone on exit (even on error)."""
+"""Guided backpropagation through every ReLU module, undone on exit (even on error).
+
+The engine wants plain and guided gradients from one forward pass: every ``nn.ReLU`` of the
+model is swapped for a ReLU whose backward rule is read from a switch at backward time, so a
+graph built once can be differentiated the plain way, then the guided way.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +13,57 @@ from typing import Iterator
 import torch
 from torch import nn
 
+_MISSING = object()
 
-class _GuidedReLU(torch.autograd.Function):
-    """ReLU whose backward passes only positive gradients at positive inputs
-    (Springenberg et al., ICLRW 2015), as Captum's GuidedBackprop does."""
+
+class BackwardRule:
+    """Which gradient the patched ReLUs pass back: ``guided`` or plain."""
+
+    def __init__(self, guided: bool = False) -> None:
+        self.guided = guided
+
+
+class _SwitchableReLU(torch.autograd.Function):
+    """ReLU whose backward is plain, or guided when ``rule.guided`` (Springenberg et al., ICLRW
+    2015): only positive gradients pass, and only at positive inputs, as Captum's GuidedBackprop.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = x.clamp(min=0)
+    def forward(ctx, x: torch.Tensor, rule: BackwardRule) -> torch.Tensor:
+        out = torch.relu(x)
         ctx.save_for_backward(out)
+        ctx.rule = rule
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (out,) = ctx.saved_tensors
-        return grad.clamp(min=0) * (out > 0)
+        if ctx.rule.guided:
+            grad = grad.clamp(min=0)
+        return torch.where(out > 0, grad, 0), None
+
+
+@contextmanager
+def switchable_relus(model: nn.Module, rule: BackwardRule) -> Iterator[BackwardRule]:
+    """Within the block, every ``nn.ReLU`` of ``model`` backpropagates as ``rule`` says *when the
+    backward runs*; the modules' own ``forward`` is restored on exit, whatever happens."""
+    patched: list[tuple[nn.Module, object]] = []
+    try:
+        for module in model.modules():
+            if isinstance(module, nn.ReLU):
+                patched.append((module, module.__dict__.get("forward", _MISSING)))
+                module.forward = lambda x, _rule=rule: _SwitchableReLU.apply(x, _rule)
+        yield rule
+    finally:
+        for module, previous in reversed(patched):
+            if previous is _MISSING:
+                del module.forward
+            else:
+                module.forward = previous
 
 
 @contextmanager
 def guided_relus(model: nn.Module) -> Iterator[None]:
     """Within the block, every ``nn.ReLU`` of ``model`` backpropagates the guided way."""
-    patched = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    for module in patched:
-        module.forward = _GuidedReLU.apply  # instance attribute shadows the class method
-    try:
+    with switchable_relus(model, BackwardRule(guided=True)):
         yield
-    finally:
-        for module in patched:
-            del module.forward

@@ -1,6 +1,7 @@
 """Attribution methods, one short module each, registered in :data:`METHODS`."""
 
 from attrcli.methods import (  # noqa: F401  (each module registers its method)
+    ablationcam,
     grad,
     gradcam,
     gradcampp,
@@ -8,6 +9,11 @@ from attrcli.methods import (  # noqa: F401  (each module registers its method)
     intgrad,
     ixg,
     layercam,
+    occlusion,
+    rise,
+    scorecam,
+    smoothgrad,
+    smoothing,
 )
 from attrcli.methods.base import METHODS, Method, MethodSpec, parse_method, split_methods
 

@@ -56,7 +56,10 @@ class Method:
         return cls.Config()
 
     def from_gradients(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        """Map ``(R, h, w)`` from activations and gradients ``(R, C, h, w)`` (grid layout)."""
+        """Maps ``(B, T, h, w)`` from activations ``(B, 1, C, h, w)`` and per-target gradients
+        ``(B, T, C, h, w)`` at the layer, in grid layout (they broadcast along the target axis).
+
+        Reductions must run over the last three axes (channels, height, width) only."""
         raise NotImplementedError
 
     def attribute(self, ctx: "AttributionContext") -> torch.Tensor:

@@ -3,8 +3,11 @@
 ``(a - 0) · ∫₀¹ ∂f(α a)/∂a dα`` with a zero baseline, the integral approximated with ``steps``
 points (default 20, Gauss-Legendre as Captum's default; ``rule=riemann_trapezoid`` also
 available), summed over channels. At a hidden layer ``a`` are the layer's activations and ``f``
-the rest of the network (ML-Att), as Captum's ``LayerIntegratedGradients``. The prefix runs once
-per batch; steps × targets are batched under ``--batch-size``.
+the rest of the network (ML-Att): Captum's ``IntegratedGradients`` applied to the rest of the
+network. Deliberate difference from Captum's ``LayerIntegratedGradients``: the baseline is zero
+*at the layer*, not the layer's response to a zero image. The prefix runs once per batch; the
+(grid image, step) pairs are batched under ``--batch-size``, and each forward serves every
+evaluated target of its grid image (one backward per target).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from attrcli.engine.context import AttributionContext
 from attrcli.errors import UserError
 from attrcli.methods.base import METHODS, Method
 
@@ -46,24 +50,23 @@ class IntegratedGradients(Method):
     kind = "model"
     Config = IntGradConfig
 
-    def attribute(self, ctx) -> torch.Tensor:
+    def attribute(self, ctx: AttributionContext) -> torch.Tensor:
         alphas, weights = integration_points(self.config.steps, self.config.rule)
-        dtype = ctx.activations.dtype
-        alphas = torch.tensor(alphas, dtype=dtype, device=ctx.device)
-        weights = torch.tensor(weights, dtype=dtype, device=ctx.device)
-        grid, target = ctx.explained_units()
-        units, steps, per = len(grid), len(alphas), ctx.units_per_grid
-        base = ctx.unit_rows(grid)  # (units·per, C, h, w)
-        total = torch.zeros_like(base)
-        pairs = units * steps
+        a = ctx.activations  # (B·u, C, h, w), the prefix ran once
+        alphas = torch.tensor(alphas, dtype=a.dtype, device=ctx.device)
+        weights = torch.tensor(weights, dtype=a.dtype, device=ctx.device)
+        grids, steps, per = ctx.grids, len(alphas), ctx.units_per_grid
+        units = a.view(grids, per, *a.shape[1:])
+        total: torch.Tensor | None = None  # Σ weight · gradient, grid layout (B, T', C, H, W)
+        pairs = grids * steps  # (grid image, step) pairs, one unit each
         for start in range(0, pairs, ctx.batch_size):
             index = torch.arange(start, min(start + ctx.batch_size, pairs), device=ctx.device)
-            unit, step = index // steps, index % steps
-            rows = (unit[:, None] * per + torch.arange(per, device=ctx.device)).reshape(-1)
-            scale = alphas[step].repeat_interleave(per).view(-1, 1, 1, 1)
-            _, grad = ctx.gradients(
-                base[rows] * scale, grid[unit], None if target is None else target[unit]
-            )
-            total.index_add_(0, rows, grad * weights[step].repeat_interleave(per).view(-1, 1, 1, 1))
-        maps = ctx.setting.to_map(base * total)  # (units, C, H, W)
-        return ctx.per_target(maps, grid, target).sum(2)
+            grid, step = index // steps, index % steps
+            scaled = units[grid] * alphas[step].view(-1, 1, 1, 1, 1)
+            _, grad = ctx.target_gradients(scaled.flatten(0, 1), grid)
+            grad = grad * weights[step].view(-1, 1, 1, 1, 1)
+            if total is None:
+                total = grad.new_zeros((grids, *grad.shape[1:]))
+            total.index_add_(0, grid, grad)
+        maps = ctx.setting.to_map(a)[:, None] * total
+        return ctx.select_cells(maps).sum(2)

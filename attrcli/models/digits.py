@@ -122,8 +122,8 @@ class DigitsRecipe:
 
 
 RECIPES: dict[str, DigitsRecipe] = {
-    "digits-vgg11": DigitsRecipe({"width": 16, "hidden": 256}, TrainConfig(epochs=20, batch_size=32)),
-    "digits-resnet18": DigitsRecipe({"widths": (8, 16, 32, 64)}, TrainConfig(epochs=20, batch_size=32)),
+    "digits-vgg11": DigitsRecipe({"width": 16, "hidden": 256}, TrainConfig()),
+    "digits-resnet18": DigitsRecipe({"widths": (8, 16, 32, 64)}, TrainConfig()),
 }
 
 

@@ -25,13 +25,13 @@ Progress = Callable[[str, int, int], None]
 class TrainConfig:
     """Training recipe (recorded in the cache sidecar, so a change retrains)."""
 
-    epochs: int = 24  # passes over the training split
+    epochs: int = 30  # passes over the training split
     batch_size: int = 32
     lr: float = 2e-3  # peak learning rate of the one-cycle schedule (AdamW)
     weight_decay: float = 1e-4
-    max_shift: int = 3  # random translation of each image by up to this many pixels
-    max_rotation: float = 0.0  # random rotation, degrees
-    max_scale: float = 0.0  # random zoom by a factor in 1 ± max_scale
+    max_shift: int = 2  # random translation by up to this many pixels
+    max_rotation: float = 10.0  # random rotation, degrees
+    max_scale: float = 0.1  # random zoom by a factor in 1 ± max_scale
     seed: int = 0
 
     def as_dict(self) -> dict:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch.func import functional_call
 
 from attrcli.errors import UserError
 from attrcli.models.adapter import ModelAdapter
@@ -89,6 +90,28 @@ class GridSetting(ABC):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.suffix(self.split(x), -1)
 
+    # --- geometry ----------------------------------------------------------------------
+    def check_geometry(self) -> None:
+        """Raise a UserError unless the grid's final feature map is exactly n × the feature map
+        of one cell, so that it splits into one part per cell (DiPart) and the head's window has
+        the single-cell size (GridPG); DiFull runs cells alone and only needs a non-empty map.
+        Shapes are traced on the meta device: nothing is computed.
+        """
+        cell = self.model.cell_size
+        one = final_feature_size(self.model, cell)
+        if min(one) < 1:
+            raise UserError(f"model {self.model.name} leaves no feature map of a {cell}-pixel cell")
+        if self.disconnected:
+            return
+        whole = final_feature_size(self.model, self.n * cell)
+        if whole != (self.n * one[0], self.n * one[1]):
+            raise UserError(
+                f"model {self.model.name} maps a {cell}-pixel cell to a {one[0]}x{one[1]} feature "
+                f"map but the {self.n * cell}-pixel grid to {whole[0]}x{whole[1]}, not "
+                f"{self.n * one[0]}x{self.n * one[1]}: setting {self.name} needs a cell size "
+                "whose feature map tiles the grid's (e.g. a multiple of the model's total stride)"
+            )
+
     # --- targets -----------------------------------------------------------------------
     def default_cells(self) -> list[int]:
         """Cells evaluated by default: all for GridPG, the two corners otherwise."""
@@ -126,6 +149,31 @@ class GridSetting(ABC):
         cols = torch.arange(w, device=device) * self.n // w
         cell_of = rows[:, None] * self.n + cols[None, :]
         return cell_of[None] == cells.to(device)[:, None, None]
+
+
+def final_feature_size(model: ModelAdapter, size: int) -> tuple[int, int]:
+    """Height and width of the final feature map for one ``size``-pixel image.
+
+    Traced on the meta device with meta copies of each block's parameters, so it costs nothing
+    whatever the model; a block that cannot be traced that way runs for real on a zero image.
+    """
+    try:
+        x = torch.empty(1, 3, size, size, device="meta")
+        for _, block in model.blocks:
+            state = {
+                name: torch.empty_like(tensor, device="meta")
+                for name, tensor in (*block.named_parameters(), *block.named_buffers())
+            }
+            x = functional_call(block, state, (x,))
+    except (RuntimeError, NotImplementedError, TypeError):
+        param = next(model.module.parameters(), torch.empty(0))
+        try:
+            with torch.no_grad():
+                x = model.run_blocks(torch.zeros(1, 3, size, size, dtype=param.dtype, device=param.device))
+        except RuntimeError as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"model {model.name} cannot run on {size}-pixel images: {reason}") from None
+    return int(x.shape[-2]), int(x.shape[-1])
 
 
 SETTINGS: Registry[type[GridSetting]] = Registry("setting")

@@ -18,6 +18,13 @@ TORCHVISION = [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")] + 
 ]
 
 
+# Building and hashing the big torchvision models takes seconds each on CPU: the rest are slow.
+FAST = ("digits-vgg11", "digits-resnet18", "vgg11", "resnet18")
+EVERY_MODEL = [
+    name if name in FAST else pytest.param(name, marks=pytest.mark.slow) for name in list_models()
+]
+
+
 def test_registry_lists_every_model():
     assert list_models() == sorted(TORCHVISION + ["digits-vgg11", "digits-resnet18"])
 
@@ -27,7 +34,7 @@ def test_unknown_name_lists_valid_names():
         create_model("vgg12", weights="random")
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", EVERY_MODEL)
 def test_adapter_logits_equal_module_forward(name):
     adapter = create_model(name, weights="random")
     assert not adapter.module.training
@@ -42,6 +49,17 @@ def test_adapter_logits_equal_module_forward(name):
 
 
 @pytest.mark.parametrize("name", list_models())
+def test_structure_is_consistent(name):
+    info = describe_model(name)
+    assert info.layers[0] == "input" and len(set(info.layers)) == len(info.layers)
+    assert set(info.aliases) == {"input", "middle", "final"}
+    for layer in info.stage_layers + [info.aliases["middle"], info.aliases["final"]]:
+        assert layer in info.layers or f"{layer}.0" in info.layers
+    order = [info.layers.index(l) if l in info.layers else info.layers.index(f"{l}.0") for l in info.stage_layers]
+    assert order == sorted(order)
+
+
+@pytest.mark.parametrize("name", EVERY_MODEL)
 def test_structure_without_weights_matches_built_model(name):
     info = describe_model(name)
     adapter = create_model(name, weights="random")

@@ -1,0 +1,163 @@
+"""Shared machinery of the perturbation methods (occlusion, RISE, Score-CAM, Ablation-CAM).
+
+A perturbation method scores many perturbed copies of a layer's activations (or of the image).
+:func:`perturbed_scores` batches those evaluations under ``--batch-size`` and runs only the
+network after the perturbed layer. What one evaluation is depends on the setting:
+
+- connected settings (GridPG, DiPart): one evaluation perturbs the whole grid image (one
+  network row) and a single forward pass scores every target at once, since all heads see it;
+- DiFull: a change inside cell j cannot move head i ≠ j (supplement F), so an evaluation
+  perturbs one cell row and is scored for the head of that cell only. Methods may also skip
+  perturbations that do not touch a target's cell (``touched``): their score is the unperturbed
+  one by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from attrcli.engine.context import AttributionContext
+
+Build = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+
+
+def row_index(ctx: AttributionContext, grid: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Network-layout row that an evaluation perturbs: the grid image, or in DiFull the target's cell."""
+    if target is None:
+        return grid
+    return grid * ctx.units_per_grid + ctx.targets.cells[target]
+
+
+def cell_offsets(ctx: AttributionContext, size: tuple[int, int]) -> torch.Tensor:
+    """Top-left corner ``(T, 2)`` of each target's cell in a grid-layout map of ``size``."""
+    n = ctx.setting.n
+    h, w = size[0] // n, size[1] // n
+    cells = ctx.targets.cells
+    return torch.stack([(cells // n) * h, (cells % n) * w], 1)
+
+
+def evaluate(
+    ctx: AttributionContext,
+    rows: torch.Tensor,
+    grid: torch.Tensor,
+    target: torch.Tensor | None,
+    *,
+    layer_index: int,
+    softmax: bool = False,
+) -> torch.Tensor:
+    """Target scores of perturbed rows at a layer: ``(R, T)`` in connected settings, ``(R,)`` in DiFull.
+
+    DiFull rows are single cells: head i of DiFull is the model's head applied to cell i alone,
+    so a cell row is scored without its n² − 1 neighbours.
+    """
+    if target is None:
+        logits = ctx.setting.suffix(rows, layer_index)  # (R, heads, classes)
+        if softmax:
+            logits = logits.softmax(-1)
+        picked = torch.arange(len(rows), device=rows.device)[:, None]
+        return logits[picked, ctx.targets.heads[None], ctx.targets.classes[grid]]
+    model = ctx.setting.model
+    logits = model.head(model.run_blocks(rows, layer_index))  # (R, classes)
+    if softmax:
+        logits = logits.softmax(-1)
+    picked = torch.arange(len(rows), device=rows.device)
+    return logits[picked, ctx.targets.classes[grid, target]]
+
+
+def plan(
+    ctx: AttributionContext, items: int, touched: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Flat ``(grid, target, item)`` indices of every evaluation (target ``None`` when connected).
+
+    ``touched`` ``(T, items)``: in DiFull only these (target, item) pairs are evaluated.
+    """
+    B, T, device = ctx.grids, ctx.targets.count, ctx.device
+    if not ctx.setting.disconnected:
+        grid = torch.arange(B, device=device).repeat_interleave(items)
+        return grid, None, torch.arange(items, device=device).repeat(B)
+    if touched is None:
+        touched = torch.ones(T, items, dtype=torch.bool)
+    target, item = touched.nonzero(as_tuple=True)
+    per_grid = len(target)
+    grid = torch.arange(B, device=device).repeat_interleave(per_grid)
+    return grid, target.to(device).repeat(B), item.to(device).repeat(B)
+
+
+def perturbed_scores(
+    ctx: AttributionContext,
+    items: int,
+    build: Build,
+    *,
+    layer_index: int,
+    softmax: bool = False,
+    touched: torch.Tensor | None = None,
+    fill: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scores ``(B, T, items)`` of ``items`` perturbations of every grid image.
+
+    ``build(grid, target, item)`` returns the perturbed network-layout rows of a chunk of
+    evaluations (see :func:`row_index`). A forward pass holds at most ``--batch-size`` units
+    (in DiFull ``batch_size · n²`` cell rows). Pairs left out by ``touched`` get ``fill``
+    ``(B, T)``, the unperturbed score.
+    """
+    B, T = ctx.grids, ctx.targets.count
+    grid, target, item = plan(ctx, items, touched)
+    if fill is not None:
+        out = fill[:, :, None].expand(B, T, items).clone()
+    else:
+        out = torch.zeros(B, T, items, device=ctx.device, dtype=ctx.activations.dtype)
+    step = ctx.batch_size * ctx.units_per_grid
+    with torch.no_grad():
+        for start in range(0, len(grid), step):
+            g, i = grid[start : start + step], item[start : start + step]
+            t = None if target is None else target[start : start + step]
+            values = evaluate(ctx, build(g, t, i), g, t, layer_index=layer_index, softmax=softmax)
+            if t is None:
+                out[g, :, i] = values.to(out.dtype)
+            else:
+                out[g, t, i] = values.to(out.dtype)
+    return out
+
+
+def reference_scores(ctx: AttributionContext, *, softmax: bool = False) -> torch.Tensor:
+    """Unperturbed target scores ``(B, T)`` of the layer's activations."""
+    a = ctx.activations
+    return perturbed_scores(
+        ctx, 1, lambda g, t, i: a[row_index(ctx, g, t)], layer_index=ctx.layer_index, softmax=softmax
+    )[..., 0]
+
+
+def channel_map(ctx: AttributionContext, weights: torch.Tensor) -> torch.Tensor:
+    """CAM map ``(B, T, h, w)``: channel weights ``(B, T, C)`` times the grid-layout activations.
+
+    In DiFull the weights of target t come from head t alone, but they weigh the whole stitched
+    map, as for Grad-CAM: a scalar per channel cannot tell the two same-class corners apart.
+    """
+    a = ctx.setting.to_map(ctx.activations)
+    return torch.einsum("btc,bchw->bthw", weights.to(a.dtype), a)
+
+
+def gradient_maps(method, ctx: AttributionContext) -> torch.Tensor:
+    """Maps ``(B, T, h, w)`` of a gradient-kind method from the activations held by ``ctx``.
+
+    The same activations and gradients as the engine's shared gradient pass, but for whatever
+    activations the context holds (SmoothGrad's noisy copies) and batched under ``--batch-size``.
+    """
+    grid, target = ctx.explained_units()
+    per = ctx.units_per_grid
+    a = ctx.unit_rows(grid)
+    grads = torch.empty_like(a)
+    for start in range(0, len(grid), ctx.batch_size):
+        stop = min(start + ctx.batch_size, len(grid))
+        rows = slice(start * per, stop * per)
+        _, grads[rows] = ctx.gradients(
+            a[rows], grid[start:stop], None if target is None else target[start:stop]
+        )
+    a, g = ctx.setting.to_map(a), ctx.setting.to_map(grads)
+    B, T = ctx.grids, ctx.targets.count
+    if target is None:
+        mask = ctx.setting.cell_mask(ctx.targets.cells, g.shape[-2:], ctx.device).to(g.dtype)
+        return method.from_gradients(a[:, None], g[:, None] * mask[None, :, None])
+    return method.from_gradients(a.view(B, T, *a.shape[1:]), g.view(B, T, *g.shape[1:]))

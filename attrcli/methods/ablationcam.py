@@ -1,0 +1,45 @@
+"""Ablation-CAM (Desai & Ramaswamy, WACV 2020), on logits, at any layer.
+
+Channel c of the layer is set to zero and only the network after the layer runs again; its
+weight is the relative drop of the target logit, ``w_c = (y − y_c) / y``, and the map is
+``Σ_c w_c A_c``. At ``input`` the channels are the image's own three channels. In DiFull zeroing
+a channel in cell j moves head j alone, so each target is evaluated on its own cell row; the
+weights then weigh the whole stitched map (as for Grad-CAM).
+
+Deliberate differences from the paper: no final ReLU (maps are stored signed), and where
+``|y| < 1e-6`` the weights are the plain drops ``y − y_c`` so the map stays finite.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attrcli.methods._perturb import (
+    channel_map,
+    perturbed_scores,
+    reference_scores,
+    row_index,
+)
+from attrcli.methods.base import METHODS, Method
+
+TINY_LOGIT = 1e-6
+
+
+@METHODS.register("ablationcam")
+class AblationCAM(Method):
+    name = "ablationcam"
+    kind = "model"
+
+    def attribute(self, ctx) -> torch.Tensor:
+        a = ctx.activations
+        channels = torch.arange(a.shape[1], device=ctx.device)
+
+        def build(grid, target, channel):
+            keep = (channels[None] != channel[:, None]).to(a.dtype)
+            return a[row_index(ctx, grid, target)] * keep[:, :, None, None]
+
+        with torch.no_grad():
+            y = reference_scores(ctx)  # (B, T)
+            ablated = perturbed_scores(ctx, a.shape[1], build, layer_index=ctx.layer_index)
+            scale = torch.where(y.abs() < TINY_LOGIT, torch.ones_like(y), y)
+            return channel_map(ctx, (y[:, :, None] - ablated) / scale[:, :, None])

@@ -1,0 +1,132 @@
+"""Occlusion (Zeiler & Fergus, ECCV 2014), at any layer (ML-Att).
+
+A K×K window of the layer's map slides with stride s; every channel inside it is set to zero
+(at ``input``: the normalised image, i.e. the dataset mean colour). Each window's logit drop
+``y − y_occluded`` of the explained target is added to every position of the window, and each
+position is divided by the number of windows covering it, so a position's attribution is the
+mean drop over the windows that cover it (Captum's ``Occlusion`` with a zero baseline). A final
+window flush with the border is added when the stride does not reach it, so every position is
+covered; a kernel larger than the map is clipped to the map.
+
+Windows live on the grid-layout map in every setting. In DiFull a window only changes the heads
+of the cells it touches, so it is evaluated on those cells alone (one cell row each); a window
+straddling a cell border therefore spreads the target head's drop a little into the neighbour
+cell, less than one kernel width deep (the paper's near-perfect DiFull occlusion, supplement B.2).
+Only the network after the layer runs; evaluations are batched under ``--batch-size``.
+
+Presets (supplement H.2 for ImageNet-sized cells; smaller cells keep the fraction of a cell
+that a window covers, and the same overlap K/s = 2 at the input):
+
+============  ===========  ===============
+cell size     input        hidden layers
+============  ===========  ===============
+≥ 224 px      K=16, s=8    K=5, s=2
+32 px         K=2, s=1     K=2, s=1
+other c       K=max(2, round(16c/224)), s=max(1, round(8c/224)) at the input;
+              K=max(2, round(5c/224)), s=max(1, round(2c/224)) deeper
+============  ===========  ===============
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attrcli.errors import UserError
+from attrcli.methods._perturb import (
+    cell_offsets,
+    perturbed_scores,
+    reference_scores,
+    row_index,
+)
+from attrcli.methods.base import METHODS, Method
+
+PAPER_CELL = 224
+
+
+@dataclass(frozen=True)
+class OcclusionConfig:
+    k: int = 16  # window size in positions of the layer's map
+    s: int = 8  # stride
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.s < 1:
+            raise UserError(f"occlusion needs k >= 1 and s >= 1, got k={self.k}, s={self.s}")
+
+
+def window_starts(size: int, k: int, s: int) -> list[int]:
+    """Start of each window along one axis, with a last window flush with the border."""
+    k = min(k, size)
+    starts = list(range(0, size - k + 1, s))
+    if starts[-1] != size - k:
+        starts.append(size - k)
+    return starts
+
+
+def coverage(starts: list[int], k: int, size: int, device=None) -> torch.Tensor:
+    """Indicator ``(windows, size)``: which positions each window covers."""
+    first = torch.tensor(starts, device=device)[:, None]
+    pos = torch.arange(size, device=device)[None]
+    return ((pos >= first) & (pos < first + min(k, size))).float()
+
+
+@METHODS.register("occlusion")
+class Occlusion(Method):
+    name = "occlusion"
+    kind = "model"
+    Config = OcclusionConfig
+
+    @classmethod
+    def preset(cls, *, cell_size: int, layer: str) -> OcclusionConfig:
+        scale = min(cell_size, PAPER_CELL) / PAPER_CELL
+        k, s = (16, 8) if layer == "input" else (5, 2)
+        return OcclusionConfig(k=max(2, round(k * scale)), s=max(1, round(s * scale)))
+
+    def attribute(self, ctx) -> torch.Tensor:
+        a = ctx.activations
+        H, W = ctx.setting.to_map(a[: ctx.units_per_grid]).shape[-2:]
+        k, s = self.config.k, self.config.s
+        ys, xs = window_starts(H, k, s), window_starts(W, k, s)
+        cover_y = coverage(ys, k, H, ctx.device)
+        cover_x = coverage(xs, k, W, ctx.device)
+        nx = len(xs)
+        starts_y = torch.tensor(ys, device=ctx.device)
+        starts_x = torch.tensor(xs, device=ctx.device)
+        if ctx.setting.disconnected:
+            offsets = cell_offsets(ctx, (H, W))  # (T, 2)
+            cell_h, cell_w = H // ctx.setting.n, W // ctx.setting.n
+            off = offsets.cpu()
+            hit_y = (cover_y.cpu()[:, None] * _band(off[:, 0], cell_h, H)[None]).sum(-1) > 0  # (ny, T)
+            hit_x = (cover_x.cpu()[:, None] * _band(off[:, 1], cell_w, W)[None]).sum(-1) > 0
+            touched = (hit_y.T[:, :, None] & hit_x.T[:, None, :]).reshape(len(off), -1)
+        else:
+            offsets, touched = None, None
+        ky, kx = min(k, H), min(k, W)
+        pos_y = torch.arange(a.shape[-2], device=ctx.device)
+        pos_x = torch.arange(a.shape[-1], device=ctx.device)
+
+        def build(grid, target, item):
+            y0, x0 = starts_y[item // nx], starts_x[item % nx]
+            if target is not None:
+                y0, x0 = y0 - offsets[target, 0], x0 - offsets[target, 1]
+            inside_y = (pos_y[None] >= y0[:, None]) & (pos_y[None] < y0[:, None] + ky)
+            inside_x = (pos_x[None] >= x0[:, None]) & (pos_x[None] < x0[:, None] + kx)
+            keep = ~(inside_y[:, :, None] & inside_x[:, None, :])
+            return a[row_index(ctx, grid, target)] * keep[:, None].to(a.dtype)
+
+        with torch.no_grad():
+            y = reference_scores(ctx)
+            occluded = perturbed_scores(
+                ctx, len(ys) * nx, build, layer_index=ctx.layer_index, touched=touched, fill=y
+            )
+            drop = (y[:, :, None] - occluded).view(ctx.grids, ctx.targets.count, len(ys), nx)
+            total = torch.einsum("iy,btij,jx->btyx", cover_y.to(drop.dtype), drop, cover_x.to(drop.dtype))
+            count = cover_y.sum(0)[:, None] * cover_x.sum(0)[None, :]
+            return total / count.to(total.dtype)
+
+
+def _band(first: torch.Tensor, length: int, size: int) -> torch.Tensor:
+    """Indicator ``(T, size)`` of ``[first, first + length)`` for each target."""
+    pos = torch.arange(size)[None]
+    return ((pos >= first[:, None]) & (pos < first[:, None] + length)).float()

@@ -1,0 +1,59 @@
+"""Score-CAM (Wang et al., CVPR Workshops 2020), at any layer.
+
+Each activation channel ``A_c`` of the layer is upsampled bilinearly to the input size,
+min-max normalised to [0, 1], and multiplies the input image; the softmax probability of the
+target class from the evaluated head at that masked image is the channel weight ``w_c``. The
+map is ``Σ_c w_c A_c`` at the layer's resolution. At ``input`` the channels are the image's own
+three channels. Masking the image means the whole network runs per channel: that is the
+method's definition; channels are batched under ``--batch-size``.
+
+In DiFull each cell is its own input: the channel of the explained head's cell is upsampled to
+the cell, masks that cell's image, and is scored by that head; the weights then weigh the whole
+stitched map (as for Grad-CAM). In GridPG and DiPart the channel over the whole grid masks the
+whole grid image and one pass scores every head.
+
+Deliberate differences from the paper: no final ReLU and no normalisation of the map (stored
+signed and unscaled, like every attrcli map), and no baseline subtraction (as the authors'
+code). A constant channel has no normalised mask; it gets weight 0, as the authors' code skips
+it, so the map never holds NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from attrcli.methods._perturb import channel_map, perturbed_scores, row_index
+from attrcli.methods.base import METHODS, Method
+
+
+def normalised_masks(channels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Channels ``(R, h, w)`` upsampled to ``size`` and min-max normalised; constant ones are 0."""
+    up = F.interpolate(channels[:, None], size=size, mode="bilinear", align_corners=False)
+    low = up.amin(dim=(-2, -1), keepdim=True)
+    span = up.amax(dim=(-2, -1), keepdim=True) - low
+    return torch.where(span > 0, (up - low) / torch.where(span > 0, span, 1), 0)
+
+
+@METHODS.register("scorecam")
+class ScoreCAM(Method):
+    name = "scorecam"
+    kind = "model"
+
+    def attribute(self, ctx) -> torch.Tensor:
+        a = ctx.activations  # (B·u, C, h, w)
+        images = ctx.setting.split(ctx.x)  # the image in network layout, one row per unit or cell
+        size = tuple(images.shape[-2:])
+
+        def build(grid, target, channel):
+            rows = row_index(ctx, grid, target)
+            return images[rows] * normalised_masks(a[rows, channel], size).to(images.dtype)
+
+        with torch.no_grad():
+            probs = perturbed_scores(ctx, a.shape[1], build, layer_index=-1, softmax=True)  # (B, T, C)
+            varies = (a.amax(dim=(-2, -1)) > a.amin(dim=(-2, -1))).to(probs.dtype)  # (B·u, C)
+            if ctx.setting.disconnected:
+                varies = varies.view(ctx.grids, ctx.units_per_grid, -1)[:, ctx.targets.cells]
+            else:
+                varies = varies[:, None]
+            return channel_map(ctx, probs * varies)

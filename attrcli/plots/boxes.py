@@ -1,0 +1,130 @@
+"""Box plots of localization scores (supplement Fig. 9).
+
+One panel per model (rows) and setting (columns); in each panel the layers are groups on the x
+axis and every method has a box of its own colour within a group. Dotted lines mark perfect
+localization (1.0) and a uniform map (1/n²). A box whose scores are all equal would be a flat
+line; it is drawn as a ``*`` instead, as the supplement does. Whiskers reach 1.5 IQR; outliers
+are not drawn (thousands of points per box would hide the boxes).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.transforms import offset_copy
+
+from attrcli.plots.common import (
+    ScoreSet,
+    chance_label,
+    empty_panel,
+    load_scores,
+    method_colours,
+    new_figure,
+    order_layers,
+    order_methods,
+    order_settings,
+    save_figure,
+)
+
+YLABEL = "localization score"
+GUIDE = {"linestyle": ":", "linewidth": 1.2, "color": "0.35", "zorder": 0}
+
+
+def build_boxes(*, score_paths: list[Path]) -> Figure:
+    """The box-plot figure of the score artifacts (or the scores of attribution artifacts)."""
+    sets = load_scores(score_paths)
+    rows = list(dict.fromkeys((s.key.grids, s.key.model) for s in sets))
+    several_grids = len({grids for grids, _ in rows}) > 1
+    settings = order_settings(s.key.setting for s in sets)
+    colours = method_colours(s.key.method for s in sets)
+    width = max(
+        _panel_width(
+            [s for s in sets if (s.key.grids, s.key.model) == row and s.key.setting == setting]
+        )
+        for row in rows
+        for setting in settings
+    )
+    fig = new_figure(width * len(settings) + 2.4, 2.8 * len(rows) + 0.6)
+    axes = fig.subplots(len(rows), len(settings), squeeze=False, sharey=True)
+    for r, (grids, model) in enumerate(rows):
+        for c, setting in enumerate(settings):
+            ax = axes[r][c]
+            panel = [
+                s for s in sets
+                if (s.key.grids, s.key.model, s.key.setting) == (grids, model, setting)
+            ]
+            title = f"{setting} · {model}" + (f" · {grids}" if several_grids else "")
+            if not panel:
+                empty_panel(ax, f"no scores for\n{title}")
+                continue
+            _draw_panel(ax, panel, colours)
+            ax.set_title(title, fontsize=10)
+            if c == 0:
+                ax.set_ylabel(YLABEL)
+    handles = [Patch(facecolor=colours[m], edgecolor="0.2", label=m) for m in colours]
+    handles += [
+        Line2D([], [], label="perfect localization (1.0)", **GUIDE),
+        Line2D([], [], label=chance_label(s.n for s in sets), **GUIDE),
+        Line2D([], [], marker="$*$", linestyle="", color="0.2", markersize=9,
+               label="all scores equal"),
+    ]
+    per_column = max(4, int((fig.get_figheight() - 0.4) / 0.2))
+    fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False,
+               ncol=math.ceil(len(handles) / per_column))
+    return fig
+
+
+def plot_boxes(*, score_paths: list[Path], out: Path, fmt: str = "png") -> Path:
+    """Write the box-plot figure to ``out``; returns the path."""
+    return save_figure(build_boxes(score_paths=score_paths), out, fmt)
+
+
+def _panel_width(panel: list[ScoreSet]) -> float:
+    layers = len({s.key.layer for s in panel}) or 1
+    methods = len({s.key.method for s in panel}) or 1
+    return float(np.clip(0.8 + 0.14 * layers * methods + 0.3 * layers, 3.2, 7.0))
+
+
+def _draw_panel(ax, panel: list[ScoreSet], colours: dict) -> None:
+    layers = order_layers(s.key.layer for s in panel)
+    methods = order_methods(s.key.method for s in panel)
+    by_key = {(s.key.layer, s.key.method): s for s in panel}
+    step = 0.8 / len(methods)
+    for g, layer in enumerate(layers):
+        for m, method in enumerate(methods):
+            item = by_key.get((layer, method))
+            if item is None or item.scores.size == 0:
+                continue
+            x = g - 0.4 + step * (m + 0.5)
+            values = item.scores
+            if np.ptp(values) == 0:
+                # The glyph sits high in its box: shift it down so its centre marks the value.
+                ax.text(x, float(values[0]), "*", ha="center", va="center", fontsize=15,
+                        fontweight="bold", color=colours[method], zorder=3,
+                        transform=offset_copy(ax.transData, ax.figure, y=-3, units="points"))
+                continue
+            ax.boxplot(
+                values,
+                positions=[x],
+                widths=step * 0.8,
+                patch_artist=True,
+                showfliers=False,
+                manage_ticks=False,
+                boxprops={"facecolor": colours[method], "edgecolor": "0.2", "linewidth": 0.8},
+                medianprops={"color": "0.1", "linewidth": 1.2},
+                whiskerprops={"color": "0.2", "linewidth": 0.8},
+                capprops={"color": "0.2", "linewidth": 0.8},
+            )
+    for y in sorted({1.0} | {1.0 / s.n**2 for s in panel}):
+        ax.axhline(y, **GUIDE)
+    ax.set_xticks(range(len(layers)), layers)
+    ax.set_xlim(-0.5, len(layers) - 0.5)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xlabel("layer")
+    ax.grid(axis="y", color="0.92", linewidth=0.6)
+    ax.set_axisbelow(True)

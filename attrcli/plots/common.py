@@ -1,0 +1,271 @@
+"""What every figure shares: display order, colours, input artifacts, and saving.
+
+Figures are built on a bare :class:`matplotlib.figure.Figure` with an Agg canvas (no pyplot, no
+screen, no global state), so library code can build many figures without leaking windows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from attrcli.errors import UserError
+from attrcli.metrics.correlation import ScoredAttributions
+from attrcli.metrics.selection import cache_root_of, grids_name, natural_key, select_keys
+from attrcli.store import ArtifactKey, read_artifact
+
+FORMATS = ("png", "pdf", "svg")
+#: Display order of the paper's methods (supplement Fig. 9); other methods follow, sorted.
+METHOD_ORDER = (
+    "grad",
+    "guided-backprop",
+    "ixg",
+    "intgrad",
+    "gradcam",
+    "gradcam++",
+    "layercam",
+    "ablationcam",
+    "scorecam",
+    "occlusion",
+    "rise",
+)
+LAYER_ORDER = ("input", "middle", "final")
+SETTING_ORDER = ("gridpg", "difull", "dipart")
+#: AggAtt percentile bins (supplement H.4), as column labels.
+BIN_LABELS = ("0–2 %", "2–5 %", "5–50 %", "50–95 %", "95–98 %", "98–100 %")
+#: One colormap for attribution maps in every figure.
+MAP_CMAP = "viridis"
+OUTLINE = "#ff3b30"
+_STAGE_COMMAND = {"attributions": "attribute", "scores": "score", "aggatt": "aggatt"}
+_STAGE_NOUN = {"attributions": "attribution", "scores": "score", "aggatt": "AggAtt"}
+_PIPELINE = ("attributions", "scores", "aggatt")
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure with constrained (tight) layout on an Agg canvas."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, out: Path | str, fmt: str = "png", dpi: int = 150) -> Path:
+    """Write ``fig`` to ``out`` as ``fmt`` atomically (temporary file, then rename)."""
+    fmt = check_format(fmt)
+    out = Path(out)
+    if out.suffix.lower() in {f".{f}" for f in FORMATS} and out.suffix.lower() != f".{fmt}":
+        raise UserError(f"--out {out} does not match --format {fmt}; use a .{fmt} file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format=fmt, dpi=dpi, facecolor="white")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def check_format(fmt: str) -> str:
+    fmt = fmt.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise UserError(f"unknown figure format {fmt!r}; valid: {', '.join(FORMATS)}")
+    return fmt
+
+
+def output_path(name: str, out: Path | str | None, fmt: str | None) -> tuple[Path, str]:
+    """The figure's path and format: ``--format``, else ``--out``'s suffix, else png.
+
+    The default path is ``reports/figures/<name>.<fmt>``.
+    """
+    if fmt is None:
+        suffix = Path(out).suffix.lower().lstrip(".") if out is not None else ""
+        fmt = suffix if suffix in FORMATS else "png"
+    fmt = check_format(fmt)
+    path = Path(out) if out is not None else Path("reports") / "figures" / f"{name}.{fmt}"
+    return path, fmt
+
+
+def method_base(spec: str) -> str:
+    """``occlusion:k=8,s=4`` -> ``occlusion``."""
+    return spec.partition(":")[0]
+
+
+def method_params(spec: str) -> dict[str, str]:
+    """``occlusion:k=8,s=4`` -> ``{"k": "8", "s": "4"}``."""
+    head, sep, tail = spec.rpartition(":")
+    if not sep or "=" not in tail:
+        return {}
+    return dict(item.partition("=")[::2] for item in tail.split(",") if "=" in item)
+
+
+def method_sort_key(spec: str) -> tuple:
+    """The paper's methods first in :data:`METHOD_ORDER`, then the others by name."""
+    base = method_base(spec)
+    rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+    return (rank, natural_key(spec))
+
+
+def order_methods(specs: Iterable[str]) -> list[str]:
+    return sorted(set(specs), key=method_sort_key)
+
+
+def order_layers(layers: Iterable[str]) -> list[str]:
+    """``input``, ``middle``, ``final``, then other layers in the order first found."""
+    found = list(dict.fromkeys(layers))
+    return [name for name in LAYER_ORDER if name in found] + [
+        name for name in found if name not in LAYER_ORDER
+    ]
+
+
+def order_settings(settings: Iterable[str]) -> list[str]:
+    found = set(settings)
+    return [s for s in SETTING_ORDER if s in found] + sorted(found - set(SETTING_ORDER))
+
+
+def _palette() -> list:
+    pairs = colormaps["tab20"].colors
+    return list(pairs[::2]) + list(pairs[1::2])
+
+
+def method_colours(specs: Iterable[str]) -> dict[str, tuple]:
+    """A colour per method: fixed for the paper's methods, the next free ones for the rest."""
+    palette = _palette()
+    colours: dict[str, tuple] = {}
+    taken: set[int] = set()
+    ordered = order_methods(specs)
+    for spec in ordered:
+        if spec in METHOD_ORDER:
+            index = METHOD_ORDER.index(spec)
+            colours[spec] = palette[index % len(palette)]
+            taken.add(index)
+    free = (i for i in range(len(METHOD_ORDER), 10**6) if i not in taken)
+    for spec in ordered:
+        if spec not in colours:
+            colours[spec] = palette[next(free) % len(palette)]
+    return colours
+
+
+def method_colour(spec: str) -> tuple:
+    """The fixed colour of one of the paper's methods (grey for others)."""
+    if spec in METHOD_ORDER:
+        return _palette()[METHOD_ORDER.index(spec)]
+    return (0.4, 0.4, 0.4)
+
+
+def as_stage(paths: Iterable[Path | str], stage: str) -> list[Path]:
+    """Artifact paths of ``stage`` for the given paths of this or an earlier stage.
+
+    An attribution path stands for its score (or AggAtt) artifact in the same cache folder, so
+    the paths printed by any stage can be piped into ``attrcli plot``.
+    """
+    out: list[Path] = []
+    for path in dict.fromkeys(Path(p) for p in paths):
+        key = ArtifactKey.from_path(path)
+        if key.stage == stage:
+            out.append(path)
+            continue
+        if key.stage not in _PIPELINE or _PIPELINE.index(key.stage) > _PIPELINE.index(stage):
+            raise UserError(
+                f"{path} is a {key.stage} artifact; this figure needs "
+                f"{_STAGE_NOUN[stage]} artifacts"
+            )
+        sibling = key.with_stage(stage).path(cache_root_of(path))
+        if not sibling.exists():
+            raise UserError(
+                f"{path}: no {_STAGE_NOUN[stage]} artifact for it at {sibling}; "
+                f"run attrcli {_STAGE_COMMAND[stage]} first"
+            )
+        out.append(sibling)
+    return list(dict.fromkeys(out))
+
+
+def find_artifacts(
+    *,
+    cache_root: Path | str,
+    grids: str | Path,
+    stage: str,
+    settings: list[str] | None = None,
+    models: list[str] | None = None,
+    layers: list[str] | None = None,
+    methods: list[str] | None = None,
+) -> list[Path]:
+    """Paths of the ``stage`` artifacts on disk matching a selection (empty or ``all``: every one)."""
+    root = Path(cache_root)
+    name = grids_name(grids)
+    folder = root / stage / name
+    if not any(p for p in folder.glob("*/*/*/*.h5") if not p.name.startswith(".")):
+        raise UserError(
+            f"no {_STAGE_NOUN.get(stage, stage)} artifacts for grids {name!r}: searched {folder}; "
+            f"run attrcli {_STAGE_COMMAND.get(stage, stage)} first (or pass --cache-dir)"
+        )
+    keys = select_keys(
+        cache_root=root,
+        grids=grids,
+        settings=settings,
+        models=models,
+        layers=layers,
+        methods=methods,
+        stages=(stage,),
+    )
+    if not keys:
+        raise UserError(
+            f"no {_STAGE_NOUN.get(stage, stage)} artifacts under {folder} match the selection"
+        )
+    return [k.path(root) for k in keys]
+
+
+@dataclass
+class ScoreSet:
+    """One key's localization scores, flattened, with what they cover."""
+
+    key: ArtifactKey
+    scores: np.ndarray
+    n: int
+    identity: ScoredAttributions
+    path: Path
+    attrs: dict
+
+
+def load_scores(paths: Iterable[Path | str]) -> list[ScoreSet]:
+    """Read score artifacts (or the scores of attribution artifacts)."""
+    sets = []
+    for path in as_stage(paths, "scores"):
+        artifact = read_artifact(path, names=["scores", "grid_index", "cells", "heads"])
+        key = ArtifactKey.from_path(path)
+        try:
+            n = int(artifact.attrs["n"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{path} lacks the attribute n (grid size)") from None
+        identity = ScoredAttributions(
+            label=key.label(),
+            grids_hash=str(artifact.attrs.get("grids_hash", f"?{key.grids}")),
+            grid_index=np.asarray(artifact.data["grid_index"], dtype=np.int64),
+            cells=np.asarray(artifact.data["cells"], dtype=np.int64),
+            heads=np.asarray(artifact.data["heads"], dtype=np.int64),
+        )
+        scores = np.asarray(artifact.data["scores"], dtype=np.float64).ravel()
+        sets.append(ScoreSet(key, scores, n, identity, path, artifact.attrs))
+    if not sets:
+        raise UserError("no score artifacts given: pass paths, '-' for stdin, or --grids")
+    return sets
+
+
+def chance_label(ns: Iterable[int]) -> str:
+    values = sorted(set(ns))
+    if len(values) == 1:
+        return f"uniform attribution (1/n² = {1 / values[0] ** 2:.3g})"
+    return "uniform attribution (1/n²)"
+
+
+def empty_panel(ax, message: str) -> None:
+    """An axes with nothing to show but a centred note."""
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=8, color="0.4",
+            transform=ax.transAxes, wrap=True)

@@ -1,0 +1,285 @@
+"""Smoothing sweep (supplement Tabs. 1-2, Fig. 26): S-IntGrad and S-IxG against the kernel size K.
+
+For each grid file, setting and model (one row), two panels share a log2 K axis:
+
+- localization of S-IntGrad / S-IxG at the input (median, quartile band) against K, with the
+  unsmoothed IntGrad / IxG at K = 1, labelled "original" (the first column of Tabs. 1-2);
+- Spearman correlation of their per-attribution scores with final-layer Grad-CAM (``reference``),
+  the quantity of Tabs. 1-2, computed here with :func:`attrcli.metrics.spearman`.
+
+SmoothGrad (``smoothgrad-intgrad``, ``smoothgrad-ixg``) is drawn beside it as a dashed horizontal
+line in the family's colour; of several SmoothGrad configurations the one with the best median
+localization is shown, as the supplement's Fig. 26 does. Nothing is written but the figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from attrcli.errors import UserError
+from attrcli.metrics.correlation import check_comparable, spearman
+from attrcli.metrics.selection import cache_root_of
+from attrcli.plots.boxes import GUIDE, YLABEL
+from attrcli.plots.common import (
+    ScoreSet,
+    chance_label,
+    empty_panel,
+    load_scores,
+    method_base,
+    method_colour,
+    method_params,
+    new_figure,
+    order_settings,
+    save_figure,
+)
+from attrcli.store import read_provenance
+
+#: (smoothed method, its unsmoothed base, the SmoothGrad variant of the base)
+FAMILIES = (
+    ("s-intgrad", "intgrad", "smoothgrad-intgrad"),
+    ("s-ixg", "ixg", "smoothgrad-ixg"),
+)
+ORIGINAL_K = 1
+_KERNEL_FIELDS = ("k", "kernel_size", "kernel", "size")
+
+
+@dataclass
+class Point:
+    """One method's localization summary and its correlation with the reference."""
+
+    spec: str
+    k: int
+    median: float
+    q1: float
+    q3: float
+    rho: float | None
+
+
+@dataclass
+class Sweep:
+    """One family in one setting/model: points by K (the original at K = 1) and SmoothGrad."""
+
+    family: str
+    base: str
+    points: list[Point] = field(default_factory=list)
+    smoothgrad: Point | None = None
+
+
+@dataclass
+class SweepGroup:
+    grids: str
+    setting: str
+    model: str
+    n: int
+    reference: str | None  # label of the reference key, None when absent
+    sweeps: list[Sweep]
+
+
+def kernel_size(item: ScoreSet) -> int:
+    """K of a smoothed key: ``k=`` in its method spec, else the config its attribution records."""
+    params = method_params(item.key.method)
+    raw = params.get("k")
+    if raw is None:
+        attribution = item.key.with_stage("attributions").path(cache_root_of(item.path))
+        if not attribution.is_file():
+            attribution = Path(str(item.attrs.get("attribution", "")))
+        if attribution.name and attribution.is_file():
+            config = read_provenance(attribution).get("config", {})
+            method_config = config.get("identity", {}).get("method_config", {})
+            raw = next((method_config[f] for f in _KERNEL_FIELDS if f in method_config), None)
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise UserError(
+            f"cannot tell the kernel size K of {item.key.label()}: its method spec has no k= "
+            "and its attribution records none"
+        ) from None
+
+
+def _summary(item: ScoreSet, k: int, reference: ScoreSet | None) -> Point:
+    median, q1, q3 = np.percentile(item.scores, [50, 25, 75]) if item.scores.size else [np.nan] * 3
+    rho = None
+    if reference is not None:
+        check_comparable([reference.identity, item.identity])
+        rho = float(spearman(item.scores[None], reference.scores[None])[0, 0])
+    return Point(item.key.method, k, float(median), float(q1), float(q3), rho)
+
+
+def _find_reference(members: list[ScoreSet], every: list[ScoreSet], spec: str) -> ScoreSet | None:
+    parts = spec.split("/")
+    if len(parts) == 2:
+        layer, method = parts
+        pool = members
+        return next((m for m in pool if (m.key.layer, m.key.method) == (layer, method)), None)
+    if len(parts) == 4:
+        first = members[0].key
+        want = (first.grids, *parts)
+        return next(
+            (m for m in every
+             if (m.key.grids, m.key.setting, m.key.model, m.key.layer, m.key.method) == want),
+            None,
+        )
+    raise UserError(
+        f"invalid reference {spec!r}: use layer/method (final/gradcam) or setting/model/layer/method"
+    )
+
+
+def sweep_groups(sets: list[ScoreSet], *, reference: str, layer: str) -> list[SweepGroup]:
+    """The sweep of every grid file/setting/model that has smoothed scores at ``layer``."""
+    groups: dict[tuple[str, str, str], list[ScoreSet]] = {}
+    for item in sets:
+        groups.setdefault((item.key.grids, item.key.setting, item.key.model), []).append(item)
+    out = []
+    for (grids, setting, model), members in groups.items():
+        ref = _find_reference(members, sets, reference)
+        at_layer = [m for m in members if m.key.layer == layer]
+        sweeps = []
+        for family, base, smoothgrad in FAMILIES:
+            smoothed = [m for m in at_layer if method_base(m.key.method) == family]
+            if not smoothed:
+                continue
+            sweep = Sweep(family, base)
+            original = next((m for m in at_layer if m.key.method == base), None)
+            if original is not None:
+                sweep.points.append(_summary(original, ORIGINAL_K, ref))
+            by_k: dict[int, ScoreSet] = {}
+            for item in smoothed:
+                by_k.setdefault(kernel_size(item), item)
+            sweep.points += [_summary(by_k[k], k, ref) for k in sorted(by_k)]
+            variants = [_summary(m, 0, ref) for m in at_layer
+                        if method_base(m.key.method) == smoothgrad]
+            if variants:
+                sweep.smoothgrad = max(variants, key=lambda p: (p.median, p.spec))
+            sweeps.append(sweep)
+        if sweeps:
+            label = ref.key.label() if ref is not None else None
+            out.append(SweepGroup(grids, setting, model, members[0].n, label, sweeps))
+    if not out:
+        found = sorted({f"{s.key.layer}/{s.key.method}" for s in sets})
+        raise UserError(
+            f"no s-intgrad or s-ixg scores at layer {layer} among {len(sets)} score artifacts "
+            f"(found: {', '.join(found[:12])}{', ...' if len(found) > 12 else ''}); "
+            "attribute and score them first, e.g. --method s-intgrad:k=9,s-intgrad:k=33"
+        )
+    settings = order_settings(g.setting for g in out)
+    models = list(dict.fromkeys(g.model for g in out))
+    return sorted(out, key=lambda g: (g.grids, models.index(g.model), settings.index(g.setting)))
+
+
+def _x_axis(ax, ks: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, ["original" if k == ORIGINAL_K else str(k) for k in ks], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlim(min(ks) / 1.8, max(ks) * 1.5)
+    ax.set_xlabel("Gaussian kernel size K (σ = K/4), log scale")
+
+
+def _draw_sweep(ax, sweep: Sweep, value, band=None, annotate: int | None = None) -> None:
+    """Draw one family; ``annotate`` (0, 1, ...) prints values, above the line for even
+    numbers and below for odd ones, so that two families' labels do not collide."""
+    colour = method_colour(sweep.base)
+    points = [p for p in sweep.points if value(p) is not None]
+    smoothed = [p for p in points if p.k != ORIGINAL_K]
+    original = [p for p in points if p.k == ORIGINAL_K]
+    ks = [p.k for p in smoothed]
+    ax.plot(ks, [value(p) for p in smoothed], "-o", color=colour, markersize=4, linewidth=1.5)
+    if band is not None and smoothed:
+        ax.fill_between(ks, [band(p)[0] for p in smoothed], [band(p)[1] for p in smoothed],
+                        color=colour, alpha=0.15, linewidth=0)
+    for p in original:
+        ax.plot([p.k], [value(p)], "s", color=colour, markersize=6, markeredgecolor="0.1",
+                zorder=3)
+        if band is not None:
+            low, high = band(p)
+            ax.vlines(p.k, low, high, color=colour, linewidth=1.5, zorder=2)
+        if smoothed:
+            ax.plot([p.k, smoothed[0].k], [value(p), value(smoothed[0])], ":", color=colour,
+                    linewidth=1)
+    if annotate is not None:
+        second = annotate % 2 == 1
+        for p in points:
+            if p.k == ORIGINAL_K:  # beside the square: the two originals are often close
+                offset, ha, va = ((7, 0), "left", "center") if second else ((-7, 0), "right", "center")
+            else:
+                offset, ha, va = ((0, -6), "center", "top") if second else ((0, 6), "center", "bottom")
+            ax.annotate(f"{value(p):.2f}", (p.k, value(p)), textcoords="offset points",
+                        xytext=offset, ha=ha, va=va, fontsize=7, color=colour)
+    if sweep.smoothgrad is not None and value(sweep.smoothgrad) is not None:
+        ax.axhline(value(sweep.smoothgrad), linestyle="--", color=colour, linewidth=1.2)
+
+
+def build_smoothing(
+    *, score_paths: list[Path], reference: str = "final/gradcam", layer: str = "input"
+) -> Figure:
+    """The smoothing sweep of the score artifacts (see the module docstring)."""
+    groups = sweep_groups(load_scores(score_paths), reference=reference, layer=layer)
+    fig = new_figure(11.5, 3.4 * len(groups) + 0.4)
+    axes = fig.subplots(len(groups), 2, squeeze=False)
+    for (loc_ax, rho_ax), group in zip(axes, groups):
+        ks = sorted({p.k for s in group.sweeps for p in s.points})
+        where = f"{group.setting} · {group.model}"
+        for sweep in group.sweeps:
+            _draw_sweep(loc_ax, sweep, lambda p: p.median, band=lambda p: (p.q1, p.q3))
+        loc_ax.axhline(1.0, **GUIDE)
+        loc_ax.axhline(1.0 / group.n**2, **GUIDE)
+        loc_ax.set_ylim(0.0, 1.05)
+        loc_ax.set_ylabel(YLABEL)
+        loc_ax.set_title(f"{where}: localization at {layer}", fontsize=10)
+        _x_axis(loc_ax, ks)
+        if group.reference is None:
+            empty_panel(rho_ax, f"no {reference} scores for {where}:\ncorrelation not shown")
+            continue
+        for i, sweep in enumerate(group.sweeps):
+            _draw_sweep(rho_ax, sweep, lambda p: p.rho, annotate=i)
+        values = [p.rho for s in group.sweeps for p in [*s.points, s.smoothgrad] if p is not None]
+        finite = [v for v in values if v is not None and np.isfinite(v)]
+        rho_ax.set_ylim(min([0.0, *finite]) - 0.1, 1.12)
+        rho_ax.set_yticks([t for t in (-1.0, -0.5, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+                           if t >= min([0.0, *finite]) - 0.1])
+        rho_ax.axhline(0.0, color="0.6", linewidth=0.6)
+        rho_ax.set_ylabel("Spearman correlation")
+        rho_ax.set_title(f"{where}: correlation with {group.reference.split('/', 2)[2]}",
+                         fontsize=10)
+        _x_axis(rho_ax, ks)
+    fig.legend(handles=_legend(groups), loc="outside right center", fontsize=8, frameon=False)
+    return fig
+
+
+def _legend(groups: list[SweepGroup]) -> list:
+    handles = []
+    families = {s.family: s for g in groups for s in g.sweeps}
+    for family, sweep in families.items():
+        colour = method_colour(sweep.base)
+        handles.append(Line2D([], [], color=colour, marker="o", markersize=4,
+                              label=f"{family} (median)"))
+        handles.append(Line2D([], [], color=colour, marker="s", linestyle="",
+                              markeredgecolor="0.1", label=f"{sweep.base} (original, K = 1)"))
+        chosen = {s.smoothgrad.spec for g in groups for s in g.sweeps
+                  if s.family == family and s.smoothgrad is not None}
+        if chosen:
+            name = chosen.pop() if len(chosen) == 1 else f"smoothgrad-{sweep.base} (best)"
+            handles.append(Line2D([], [], color=colour, linestyle="--", label=name))
+    handles.append(Patch(facecolor="0.5", alpha=0.3, label="quartiles (25-75 %)"))
+    handles.append(Line2D([], [], label="perfect localization (1.0)", **GUIDE))
+    handles.append(Line2D([], [], label=chance_label(g.n for g in groups), **GUIDE))
+    return handles
+
+
+def plot_smoothing(
+    *,
+    score_paths: list[Path],
+    out: Path,
+    fmt: str = "png",
+    reference: str = "final/gradcam",
+    layer: str = "input",
+) -> Path:
+    """Write the smoothing-sweep figure to ``out``; returns the path."""
+    fig = build_smoothing(score_paths=score_paths, reference=reference, layer=layer)
+    return save_figure(fig, out, fmt)
+

@@ -1,0 +1,173 @@
+"""Benchmark: the attribution engine's shared passes against their floors (not a test).
+
+Bars (issue "Settings, layers and the attribution engine"):
+
+- the six single-pass methods (grad, guided-backprop, ixg, gradcam, gradcam++, layercam)
+  together at input, middle and final cost at most 2.5x the *floor*: one plain forward+backward
+  (gradient of the target logits w.r.t. the input, no parameter gradients) over the replicated
+  batch of heads, i.e. B·T rows in gridpg / dipart (each grid image once per target) and the B
+  grid images (B·n² cells) in difull;
+- intgrad (20 steps) at the middle layer costs at most 1.2x *its* floor: steps x one
+  forward+backward of the network after the layer over the same replicated rows.
+
+The engine time is :func:`attrcli.engine.attribute.compute_maps` on one chunk, everything
+included (prefix, shared forward, per-target backward, guided backward, the methods' maps).
+Each time is the median of ``--reps`` repetitions after one warm-up, all in one process and one
+run, so the ratios compare like with like even on a loaded machine (torch's thread count is left
+as it is). Inputs are random normalised grids: timing does not depend on the content.
+
+    python benchmarks/bench_engine.py            # all four models, writes benchmarks/out/bench_engine.json
+    python benchmarks/bench_engine.py --quick    # fewer repetitions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from attrcli.engine.attribute import compute_maps, resolve_device
+from attrcli.engine.gradients import target_logits
+from attrcli.engine.grids import GridFile
+from attrcli.engine.jobs import plan_jobs
+from attrcli.methods import MethodSpec
+from attrcli.models import create_model
+from attrcli.models.adapter import ModelAdapter
+from attrcli.settings import GridSetting, Targets, create_setting
+
+OUT = Path(__file__).parent / "out" / "bench_engine.json"
+SINGLE_PASS = ("grad", "guided-backprop", "ixg", "gradcam", "gradcam++", "layercam")
+LAYERS = ("input", "middle", "final")
+SETTINGS = ("gridpg", "difull", "dipart")
+# grid images per chunk: the 32-pixel digits models are cheap, a 448-pixel VGG11 pass takes seconds
+GRIDS = {"digits-vgg11": 16, "digits-resnet18": 16, "vgg11": 1, "resnet18": 1}
+
+
+def median_seconds(run: Callable[[], object], reps: int, device: torch.device) -> float:
+    """Median wall time of ``reps`` calls after one warm-up call."""
+    times = []
+    for rep in range(reps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if rep:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def replicated(setting: GridSetting, x: torch.Tensor, targets: Targets):
+    """The rows a per-target pass needs: each grid image once per target (DiFull: once)."""
+    B, T = x.shape[0], targets.count
+    grid = torch.arange(B, device=x.device)
+    if setting.disconnected:
+        return x, grid, None
+    return x.repeat_interleave(T, 0), grid.repeat_interleave(T), torch.arange(T, device=x.device).repeat(B)
+
+
+def floor_pass(setting: GridSetting, rows: torch.Tensor, targets: Targets, grid, target, layer_index: int) -> None:
+    """One plain forward+backward of the network after ``layer_index`` over network-layout rows."""
+    with torch.enable_grad():
+        h = rows.detach().requires_grad_(True)
+        values = target_logits(setting.suffix(h, layer_index), targets, grid, target)
+        torch.autograd.grad(values.sum(), h)
+
+
+def _jobs(setting: GridSetting, cells: list[int], layers: list[str], methods: list[str]):
+    grid_file = GridFile(Path("bench.h5"), "bench", np.empty(0), np.empty(0), setting.n,
+                         setting.model.cell_size, setting.variant, setting.model.num_classes, "")
+    jobs, _ = plan_jobs(grid_file, setting, cells, layers, [MethodSpec(m) for m in methods], Path("unused"))
+    return jobs
+
+
+def bench_setting(adapter: ModelAdapter, name: str, grids: int, reps: int, steps: int, device) -> dict:
+    setting = create_setting(name, adapter, 2)
+    cells = setting.resolve_cells(None)
+    g = torch.Generator().manual_seed(0)
+    size = 2 * adapter.cell_size
+    x = torch.randn(grids, 3, size, size, generator=g).to(device)
+    labels = torch.stack([torch.randperm(adapter.num_classes, generator=g)[:4] for _ in range(grids)])
+    labels[:, 3] = labels[:, 0]
+    labels = labels.to(device)
+    targets = setting.targets(labels, cells)
+    rows, grid, target = replicated(setting, x, targets)
+    net_rows = setting.split(rows)
+    floor = median_seconds(lambda: floor_pass(setting, net_rows, targets, grid, target, -1), reps, device)
+    jobs = _jobs(setting, cells, list(LAYERS), list(SINGLE_PASS))
+    engine = median_seconds(lambda: compute_maps(setting, x, labels, cells, jobs, batch_size=grids), reps, device)
+
+    middle = adapter.layer_index("middle")
+    with torch.no_grad():
+        a = setting.prefix(rows, middle)
+    suffix_floor = median_seconds(lambda: floor_pass(setting, a, targets, grid, target, middle), reps, device)
+    ig_jobs = _jobs(setting, cells, ["middle"], [f"intgrad:steps={steps}"] if steps != 20 else ["intgrad"])
+    ig = median_seconds(lambda: compute_maps(setting, x, labels, cells, ig_jobs, batch_size=grids * steps), reps, device)
+    return {
+        "setting": name,
+        "grids": grids,
+        "targets": len(cells),
+        "floor_rows": int(net_rows.shape[0]),
+        "floor_s": floor,
+        "single_pass_s": engine,
+        "single_pass_ratio": engine / floor,
+        "intgrad_steps": steps,
+        "intgrad_floor_s": steps * suffix_floor,
+        "intgrad_s": ig,
+        "intgrad_ratio": ig / (steps * suffix_floor),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(GRIDS), help="comma list of registered models")
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (2 instead of 5; 1 for 448-pixel grids)")
+    parser.add_argument("--steps", type=int, default=20, help="intgrad steps")
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="where the digits models are (trained on first use)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    results = []
+    for model in args.models.split(","):
+        digits = model.startswith("digits-")
+        adapter = create_model(model, weights=None if digits else "random", device=device, cache_dir=args.cache_dir)
+        reps = (2 if digits else 1) if args.quick else (5 if digits else 3)
+        for name in args.settings.split(","):
+            started = time.perf_counter()
+            row = {"model": model, "reps": reps, **bench_setting(adapter, name, GRIDS.get(model, 1), reps, args.steps, device)}
+            row["wall_s"] = time.perf_counter() - started
+            results.append(row)
+            print(
+                f"{model:16s} {name:7s} rows {row['floor_rows']:3d}  floor {row['floor_s']:8.3f}s  "
+                f"six methods {row['single_pass_s']:8.3f}s  x{row['single_pass_ratio']:.2f}  |  intgrad floor "
+                f"{row['intgrad_floor_s']:8.3f}s  intgrad {row['intgrad_s']:8.3f}s  x{row['intgrad_ratio']:.2f}",
+                flush=True,
+            )
+    report = {
+        "bars": {"single_pass_ratio": 2.5, "intgrad_ratio": 1.2},
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "machine": platform.machine(),
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

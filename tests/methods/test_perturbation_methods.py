@@ -1,0 +1,373 @@
+"""Occlusion, RISE, Score-CAM and Ablation-CAM on tiny hand-built models.
+
+Each method is checked against a closed form on a linear model, against a plain loop that
+perturbs the grid-layout map and runs the whole setting for every perturbation and target
+(which also checks DiFull's shortcut of scoring single cells), and end to end through the engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from attrcli.engine.attribute import attribute
+from attrcli.engine.context import AttributionContext
+from attrcli.errors import UserError
+from attrcli.methods import parse_method
+from attrcli.methods.ablationcam import AblationCAM
+from attrcli.methods.occlusion import Occlusion, OcclusionConfig, window_starts
+from attrcli.methods.rise import RISE, MaskSource, RISEConfig
+from attrcli.methods.scorecam import ScoreCAM, normalised_masks
+from attrcli.models.adapter import ModelAdapter
+from attrcli.settings import create_setting
+from attrcli.store import read_artifact, write_artifact
+
+CELL, CLASSES, N = 8, 5, 2
+SETTINGS = ("gridpg", "difull", "dipart")
+LAYERS = (("input", -1), ("final", 4))
+
+
+def conv_model(seed: int = 0, cell: int = CELL) -> ModelAdapter:
+    """Two convolutions with a linear head (on 8-pixel cells the final map is 4×4 per cell)."""
+    torch.manual_seed(seed)
+    feats = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU()
+    )
+    linear = nn.Linear(6 * (cell // 2) ** 2, CLASSES)
+    module = nn.Sequential(feats, nn.Flatten(), linear).double().eval()
+    return ModelAdapter(
+        name="tiny-conv", module=module, blocks=[(f"0.{i}", m) for i, m in enumerate(feats)],
+        head=lambda f: linear(f.flatten(1)), gap_head=False, aliases={"middle": "0.2", "final": "0.4"},
+        stage_layers=["0.1", "0.4"], cell_size=cell, num_classes=CLASSES, mean=(0, 0, 0), std=(1, 1, 1),
+    )
+
+
+def linear_model(seed: int = 0) -> ModelAdapter:
+    """One identity block and a linear head: every logit is linear in the layer's map."""
+    torch.manual_seed(seed)
+    linear = nn.Linear(3 * CELL * CELL, CLASSES).double()
+    module = nn.Sequential(nn.Identity(), nn.Flatten(), linear).eval()
+    return ModelAdapter(
+        name="tiny-linear", module=module, blocks=[("0", module[0])], head=lambda f: linear(f.flatten(1)),
+        gap_head=False, aliases={"middle": "0", "final": "0"}, stage_layers=["0"], cell_size=CELL,
+        num_classes=CLASSES, mean=(0, 0, 0), std=(1, 1, 1),
+    )
+
+
+def context(
+    model, setting_name, layer="input", layer_index=-1, *, grids=3, batch_size=4, seed=0, x=None, cells="all"
+):
+    setting = create_setting(setting_name, model, N)
+    gen = torch.Generator().manual_seed(seed)
+    size = N * model.cell_size
+    drawn = torch.randn(grids, 3, size, size, generator=gen, dtype=torch.float64)
+    x = drawn if x is None else x
+    labels = torch.randint(0, CLASSES, (len(x), N * N), generator=gen)
+    targets = setting.targets(labels, setting.resolve_cells(cells))
+    return AttributionContext(
+        setting=setting, x=x, targets=targets, layer=layer, layer_index=layer_index, batch_size=batch_size
+    )
+
+
+# --- plain references: the whole setting for every perturbation and every target -------------
+
+
+def full_scores(ctx, grid_map, b, t=None, softmax=False, layer_index=None):
+    """Score of target t (default: every target) of grid image b whose map at the layer is
+    ``grid_map`` (C, H, W), from the whole setting."""
+    setting = ctx.setting
+    index = ctx.layer_index if layer_index is None else layer_index
+    logits = setting.suffix(setting.from_map(grid_map[None]), index)[0]
+    logits = logits.softmax(-1) if softmax else logits
+    scores = logits[ctx.targets.heads, ctx.targets.classes[b]]
+    return scores if t is None else scores[t]
+
+
+def occlusion_reference(ctx, k, s):
+    A = ctx.setting.to_map(ctx.activations)
+    B, T, (H, W) = ctx.grids, ctx.targets.count, A.shape[-2:]
+    total = torch.zeros(B, T, H, W, dtype=A.dtype)
+    count = torch.zeros(H, W, dtype=A.dtype)
+    for y0 in window_starts(H, k, s):
+        for x0 in window_starts(W, k, s):
+            count[y0 : y0 + k, x0 : x0 + k] += 1
+            for b in range(B):
+                occluded = A[b].clone()
+                occluded[:, y0 : y0 + k, x0 : x0 + k] = 0
+                drop = full_scores(ctx, A[b], b) - full_scores(ctx, occluded, b)
+                total[b, :, y0 : y0 + k, x0 : x0 + k] += drop[:, None, None]
+    return total / count
+
+
+def cell_view(ctx, t, H, W):
+    n, cell = ctx.setting.n, int(ctx.targets.cells[t])
+    h, w = H // n, W // n
+    return slice(cell // n * h, cell // n * h + h), slice(cell % n * w, cell % n * w + w)
+
+
+def cam_reference(ctx, weight):
+    A = ctx.setting.to_map(ctx.activations)
+    maps = torch.zeros(ctx.grids, ctx.targets.count, *A.shape[-2:], dtype=A.dtype)
+    for b in range(ctx.grids):
+        for t in range(ctx.targets.count):
+            for c in range(A.shape[1]):
+                maps[b, t] += weight(A, b, t, c) * A[b, c]
+    return maps
+
+
+def ablation_reference(ctx):
+    def weight(A, b, t, c):
+        ablated = A[b].clone()
+        ablated[c] = 0
+        y = full_scores(ctx, A[b], b, t)
+        return (y - full_scores(ctx, ablated, b, t)) / y
+
+    return cam_reference(ctx, weight)
+
+
+def scorecam_reference(ctx):
+    image = ctx.x  # grid layout
+
+    def weight(A, b, t, c):
+        if ctx.setting.disconnected:  # the explained head's cell masks its own image
+            rows, cols = cell_view(ctx, t, *A.shape[-2:])
+            irows, icols = cell_view(ctx, t, *image.shape[-2:])
+            masked = image[b].clone()
+            mask = normalised_masks(A[b, c][None, rows, cols], masked[:, irows, icols].shape[-2:])[0]
+            masked[:, irows, icols] = masked[:, irows, icols] * mask
+            constant = A[b, c][rows, cols].max() == A[b, c][rows, cols].min()
+        else:
+            masked = image[b] * normalised_masks(A[b, c][None], image.shape[-2:])[0]
+            constant = A[b, c].max() == A[b, c].min()
+        return 0.0 if constant else full_scores(ctx, masked, b, t, softmax=True, layer_index=-1)
+
+    return cam_reference(ctx, weight)
+
+
+def rise_reference(ctx, config):
+    A = ctx.setting.to_map(ctx.activations)
+    masks = MaskSource(config, tuple(A.shape[-2:]), ctx.seed, ctx.device)(torch.arange(config.masks), A.dtype)
+    maps = torch.zeros(ctx.grids, ctx.targets.count, *A.shape[-2:], dtype=A.dtype)
+    for b in range(ctx.grids):
+        for m in range(config.masks):
+            maps[b] += full_scores(ctx, A[b] * masks[m], b, softmax=True)[:, None, None] * masks[m]
+    return maps / (config.masks * config.p)
+
+
+# --- agreement with the references ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("layer,index", LAYERS)
+def test_occlusion_equals_plain_loop(setting, layer, index):
+    ctx = context(conv_model(), setting, layer, index, grids=2)
+    got = Occlusion(OcclusionConfig(k=3, s=2)).attribute(ctx)
+    torch.testing.assert_close(got, occlusion_reference(ctx, 3, 2))
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("layer,index", LAYERS)
+def test_ablationcam_equals_plain_loop(setting, layer, index):
+    ctx = context(conv_model(), setting, layer, index, grids=2)
+    torch.testing.assert_close(AblationCAM().attribute(ctx), ablation_reference(ctx))
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("layer,index", LAYERS)
+def test_scorecam_equals_plain_loop_on_the_evaluated_head(setting, layer, index):
+    ctx = context(conv_model(), setting, layer, index, grids=2)
+    torch.testing.assert_close(ScoreCAM().attribute(ctx), scorecam_reference(ctx))
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_rise_equals_plain_loop(setting):
+    config = RISEConfig(masks=6, s=3, p=0.5)
+    ctx = context(conv_model(), setting, "final", 4, grids=2)
+    torch.testing.assert_close(RISE(config).attribute(ctx), rise_reference(ctx, config))
+
+
+# --- closed forms on a linear model -------------------------------------------------------------
+
+
+def linear_gradient(ctx):
+    """Gradient ``(B, T, C, H, W)`` of each target logit w.r.t. the grid-layout map (constant)."""
+    A = ctx.setting.to_map(ctx.activations).clone().requires_grad_(True)
+    grads = torch.zeros(ctx.grids, ctx.targets.count, *A.shape[1:], dtype=A.dtype)
+    for b in range(ctx.grids):
+        for t in range(ctx.targets.count):
+            (g,) = torch.autograd.grad(full_scores(ctx, A[b], b, t), A)
+            grads[b, t] = g[b]
+    return A.detach(), grads
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_occlusion_linear_closed_form(setting):
+    ctx = context(linear_model(), setting)
+    A, g = linear_gradient(ctx)
+    contribution = (A[:, None] * g).sum(2)  # (B, T, H, W): the logit is their sum plus the bias
+    k, s, size = 3, 2, N * CELL
+    starts = window_starts(size, k, s)
+    cover = torch.zeros(len(starts), size, dtype=A.dtype)
+    for i, y0 in enumerate(starts):
+        cover[i, y0 : y0 + k] = 1
+    drops = torch.einsum("iy,btyx,jx->btij", cover, contribution, cover)
+    expected = torch.einsum("iy,btij,jx->btyx", cover, drops, cover) / torch.outer(cover.sum(0), cover.sum(0))
+    torch.testing.assert_close(Occlusion(OcclusionConfig(k=k, s=s)).attribute(ctx), expected)
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_ablationcam_linear_closed_form(setting):
+    ctx = context(linear_model(), setting)
+    A, g = linear_gradient(ctx)
+    y = torch.stack([torch.stack([full_scores(ctx, A[b], b, t) for t in range(ctx.targets.count)])
+                     for b in range(ctx.grids)])
+    weights = (A[:, None] * g).sum((-2, -1)) / y[..., None]  # (B, T, C): the logit each channel adds
+    expected = torch.einsum("btc,bchw->bthw", weights, A)
+    torch.testing.assert_close(AblationCAM().attribute(ctx), expected)
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_rise_all_ones_masks_give_the_softmax(setting):
+    ctx = context(conv_model(), setting, "final", 4)
+    maps = RISE(RISEConfig(masks=7, s=3, p=1.0)).attribute(ctx)
+    A = ctx.setting.to_map(ctx.activations)
+    with torch.no_grad():
+        softmax = torch.tensor([[float(full_scores(ctx, A[b], b, t, softmax=True)) for t in range(ctx.targets.count)]
+                                for b in range(ctx.grids)], dtype=maps.dtype)
+    torch.testing.assert_close(maps, softmax[..., None, None].expand_as(maps))
+
+
+# --- properties -----------------------------------------------------------------------------------
+
+
+def test_window_starts_cover_every_position():
+    assert window_starts(16, 16, 8) == [0]
+    assert window_starts(10, 4, 3) == [0, 3, 6]
+    assert window_starts(11, 4, 3) == [0, 3, 6, 7]
+    assert window_starts(4, 5, 2) == [0]  # a kernel larger than the map is clipped to it
+
+
+def test_rise_masks_are_seeded_and_keep_about_p():
+    config = RISEConfig(masks=400, s=4, p=0.25)
+    first = MaskSource(config, (20, 20), seed=3, device=torch.device("cpu"))(torch.arange(400))
+    again = MaskSource(config, (20, 20), seed=3, device=torch.device("cpu"))(torch.arange(400))
+    other = MaskSource(config, (20, 20), seed=4, device=torch.device("cpu"))(torch.arange(400))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.min() >= 0 and first.max() <= 1 + 1e-6
+    assert abs(float(first.mean()) - 0.25) < 0.03
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_seeded_rise_reruns_identically_whatever_the_batch_size(setting):
+    config = RISEConfig(masks=10, s=3, p=0.3)
+    first = RISE(config).attribute(context(conv_model(), setting, batch_size=3))
+    again = RISE(config).attribute(context(conv_model(), setting, batch_size=7))
+    torch.testing.assert_close(first, again, rtol=0, atol=1e-12)
+    other = RISE(config).attribute(context(conv_model(), setting, batch_size=3))
+    assert torch.equal(first, other)
+
+
+def test_difull_occlusion_at_the_input_stays_near_the_target_cell():
+    """Supplement B.2: near-perfect localisation; leakage only from windows straddling a border."""
+    ctx = context(conv_model(cell=16), "difull", grids=4)
+    k = 2
+    maps = Occlusion(OcclusionConfig(k=k, s=1)).attribute(ctx)
+    size = N * 16
+    for t, cell in enumerate(ctx.targets.cells.tolist()):
+        inside = torch.zeros(size, size, dtype=torch.bool)
+        rows, cols = cell_view(ctx, t, size, size)
+        inside[rows, cols] = True
+        near = torch.zeros_like(inside)
+        near[max(rows.start - k + 1, 0) : rows.stop + k - 1, max(cols.start - k + 1, 0) : cols.stop + k - 1] = True
+        assert maps[:, t][:, ~near].abs().max() == 0  # nothing beyond one kernel width of the border
+        positive = maps[:, t].clamp(min=0)
+        score = positive[:, inside].sum(-1) / positive.flatten(1).sum(-1)
+        assert score.min() > 0.85
+
+
+def test_scorecam_constant_channel_gives_no_nan():
+    model = conv_model()
+    conv = model.blocks[3][1]
+    with torch.no_grad():
+        conv.weight[0] = 0
+        conv.bias[0] = 0.5  # channel 0 of layer 0.4 is the constant 0.5
+    for setting in SETTINGS:
+        ctx = context(model, setting, "final", 4, grids=2)
+        maps = ScoreCAM().attribute(ctx)
+        assert torch.isfinite(maps).all()
+        torch.testing.assert_close(maps, scorecam_reference(ctx))
+
+
+def test_difull_scorecam_weights_come_from_the_explained_cell():
+    """Changing a cell no target explains leaves the weights (and so the target cells' maps) alone."""
+    before_ctx = context(conv_model(), "difull", "final", 4, grids=2, cells="0,3")
+    changed = before_ctx.x.clone()
+    changed[:, :, :CELL, CELL:] += 3.0  # cell 1
+    after_ctx = context(conv_model(), "difull", "final", 4, grids=2, x=changed, cells="0,3")
+    before, after = ScoreCAM().attribute(before_ctx), ScoreCAM().attribute(after_ctx)
+    half = CELL // 2
+    torch.testing.assert_close(before[:, 0, :half, :half], after[:, 0, :half, :half])
+    torch.testing.assert_close(before[:, 1, half:, half:], after[:, 1, half:, half:])
+    assert not torch.allclose(before[:, 0, :half, half:], after[:, 0, :half, half:])
+
+
+def test_presets_and_validation():
+    assert Occlusion.preset(cell_size=224, layer="input") == OcclusionConfig(k=16, s=8)
+    assert Occlusion.preset(cell_size=224, layer="middle") == OcclusionConfig(k=5, s=2)
+    assert Occlusion.preset(cell_size=32, layer="input") == OcclusionConfig(k=2, s=1)
+    assert Occlusion.preset(cell_size=32, layer="final") == OcclusionConfig(k=2, s=1)
+    assert RISE.preset(cell_size=224, layer="input") == RISEConfig(masks=1000, s=6, p=0.1)
+    assert parse_method("occlusion:k=4,s=2").build(cell_size=32, layer="input").config == OcclusionConfig(4, 2)
+    for bad in ("occlusion:k=0", "rise:p=0", "rise:p=1.5", "rise:masks=0", "occlusion:size=3"):
+        with pytest.raises(UserError):
+            parse_method(bad)
+
+
+# --- end to end through the engine ------------------------------------------------------------
+
+
+def grid_file(path, variant, count=3):
+    rng = np.random.default_rng(0)
+    size = N * CELL
+    labels = np.stack([rng.permutation(CLASSES)[: N * N] for _ in range(count)])
+    return write_artifact(
+        path,
+        data={
+            "images": rng.standard_normal((count, 3, size, size)).astype(np.float32),
+            "labels": labels.astype(np.int64),
+            "sources": np.arange(count * N * N, dtype=np.int64).reshape(count, N * N),
+        },
+        attrs={"dataset": "toy", "variant": variant, "n": N, "cell_size": CELL, "mean": [0, 0, 0],
+               "std": [1, 1, 1], "seed": 0, "class_names": [str(i) for i in range(CLASSES)]},
+    )
+
+
+@pytest.mark.parametrize("setting,variant", [("gridpg", "distinct"), ("difull", "corners")])
+def test_engine_writes_each_method_with_its_parameters_in_the_key(tmp_path, monkeypatch, setting, variant):
+    monkeypatch.chdir(tmp_path)
+    model = conv_model()
+    model.module.float()
+    path = grid_file(tmp_path / "data" / "grids" / "toy.h5", variant)
+    specs = "occlusion:k=3,s=2,rise:masks=12,scorecam,ablationcam"
+    results = attribute(grids=path, setting=setting, model=model, layers="input,final", methods=specs,
+                        cache_root=tmp_path / "cache", batch_size=2)
+    names = sorted({r.path.name for r in results})
+    assert names == ["ablationcam.h5", "occlusion:k=3,s=2.h5", "rise:masks=12.h5", "scorecam.h5"]
+    artifact = read_artifact(next(r.path for r in results if r.path.name.startswith("occlusion")
+                                  and r.key.layer == "input"))
+    grids = torch.from_numpy(read_artifact(path).data["images"])
+    ctx = AttributionContext(
+        setting=create_setting(setting, model, N), x=grids,
+        targets=create_setting(setting, model, N).targets(
+            torch.from_numpy(read_artifact(path).data["labels"]),
+            create_setting(setting, model, N).default_cells()),
+        layer="input", layer_index=-1, batch_size=2,
+    )
+    expected = Occlusion(OcclusionConfig(k=3, s=2)).attribute(ctx)
+    np.testing.assert_allclose(artifact.data["maps"], expected.numpy(), rtol=1e-5, atol=1e-6)
+    rise = next(r.path for r in results if r.path.name.startswith("rise") and r.key.layer == "final")
+    config = RISEConfig(masks=12, s=6, p=0.1)
+    assert read_artifact(rise).provenance["config"]["identity"]["method_config"] == {"masks": 12, "s": 6, "p": 0.1}
+    assert config == parse_method("rise:masks=12").build(cell_size=CELL, layer="final").config
