@@ -9,8 +9,9 @@ under ``--cache-dir``. Each command writes one figure (``reports/figures/<name>.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated
 
 import typer
 

@@ -58,11 +58,17 @@ class MaskSource:
         self.shift = (shift * torch.tensor(self.cell, device=device)).long()
         self.up = ((s + 1) * self.cell[0], (s + 1) * self.cell[1])
 
-    def __call__(self, item: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Masks ``(R, H, W)`` of the given indices."""
+    def __call__(
+        self, item: torch.Tensor, dtype: torch.dtype = torch.float32,
+        origin: torch.Tensor | None = None, size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Masks ``(R, h, w)`` of the given indices; ``origin`` ``(R, 2)`` and ``size`` crop each
+        to a window of the map (a DiFull cell), default the whole map."""
+        h, w = size or self.size
         up = F.interpolate(self.grids[item], size=self.up, mode="bilinear", align_corners=False)[:, 0]
-        rows = self.shift[item, 0, None] + torch.arange(self.size[0], device=up.device)[None]
-        cols = self.shift[item, 1, None] + torch.arange(self.size[1], device=up.device)[None]
+        first = self.shift[item] if origin is None else self.shift[item] + origin
+        rows = first[:, 0, None] + torch.arange(h, device=up.device)[None]
+        cols = first[:, 1, None] + torch.arange(w, device=up.device)[None]
         picked = torch.arange(len(item), device=up.device)[:, None, None]
         return up[picked, rows[:, :, None], cols[:, None, :]].to(dtype)
 
@@ -81,12 +87,10 @@ class RISE(Method):
         offsets = cell_offsets(ctx, size) if ctx.setting.disconnected else None
 
         def build(grid, target, item):
-            m = masks(item, a.dtype)
-            if target is not None:
-                ys = offsets[target, 0, None] + torch.arange(cell_h, device=m.device)[None]
-                xs = offsets[target, 1, None] + torch.arange(cell_w, device=m.device)[None]
-                picked = torch.arange(len(item), device=m.device)[:, None, None]
-                m = m[picked, ys[:, :, None], xs[:, None, :]]
+            if target is None:
+                m = masks(item, a.dtype)
+            else:
+                m = masks(item, a.dtype, offsets[target], (cell_h, cell_w))
             return a[row_index(ctx, grid, target)] * m[:, None]
 
         with torch.no_grad():

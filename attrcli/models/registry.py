@@ -142,21 +142,23 @@ def load_state_dict_file(path: Path | str) -> StateDict:
         ) from None
     except Exception as exc:  # torch.load raises many types for corrupt files
         raise UserError(f"{path} is not a readable weights file: {_first_line(exc)}") from None
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not (
-        isinstance(obj, Mapping)
+        isinstance(obj, dict)
         and obj
         and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     ):
         raise UserError(f"{path} is not a state dict (a mapping of parameter names to tensors)")
-    return dict(obj)
+    return obj  # kept as loaded: its _metadata lets old batch-norm checkpoints load
 
 
 def apply_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, model: str, source: str) -> None:
     """Load ``state`` into ``module``; the first key or shape that does not fit is a UserError."""
     expected = module.state_dict()
     for key, tensor in expected.items():
+        if key not in state and key.endswith("num_batches_tracked"):
+            continue  # absent from checkpoints older than PyTorch 0.4.1; BatchNorm fills it in
         if key not in state:
             raise UserError(
                 f"weights {source} do not fit model {model}: parameter {key} "
@@ -173,7 +175,10 @@ def apply_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, mo
             f"weights {source} do not fit model {model}: unexpected parameter {extra[0]} "
             f"(shape {tuple(state[extra[0]].shape)})"
         )
-    module.load_state_dict(state, strict=True)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"weights {source} do not fit model {model}: {_first_line(exc)}") from None
 
 
 def _from_spec(

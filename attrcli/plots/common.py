@@ -7,9 +7,9 @@ screen, no global state), so library code can build many figures without leaking
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from matplotlib import colormaps
@@ -18,7 +18,12 @@ from matplotlib.figure import Figure
 
 from attrcli.errors import UserError
 from attrcli.metrics.correlation import ScoredAttributions
-from attrcli.metrics.selection import cache_root_of, grids_name, natural_key, select_keys
+from attrcli.metrics.selection import (
+    cache_root_of,
+    grids_name,
+    natural_key,
+    select_keys,
+)
 from attrcli.store import ArtifactKey, read_artifact
 
 FORMATS = ("png", "pdf", "svg")
@@ -99,7 +104,7 @@ def method_base(spec: str) -> str:
 
 def method_params(spec: str) -> dict[str, str]:
     """``occlusion:k=8,s=4`` -> ``{"k": "8", "s": "4"}``."""
-    head, sep, tail = spec.rpartition(":")
+    _, sep, tail = spec.rpartition(":")
     if not sep or "=" not in tail:
         return {}
     return dict(item.partition("=")[::2] for item in tail.split(",") if "=" in item)

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from attrcli.cli import plot as plot_cli
 from attrcli.cli.main import app
+from attrcli.store import file_hash
 
 
 def _load(name: str, path: Path):
@@ -31,9 +32,10 @@ def study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     found = helpers.aggatt_study(fakes)
     rng = np.random.default_rng(0)
+    same = {"grids_hash": file_hash(found["grid"])}  # comparable with the real scores
     for k in (9, 33):
-        helpers.write_scores(helpers.CACHE, rng.random((20, 4)), method=f"s-intgrad:k={k}")
-    helpers.write_scores(helpers.CACHE, rng.random((20, 4)), method="intgrad")
+        helpers.write_scores(helpers.CACHE, rng.random((20, 4)), method=f"s-intgrad:k={k}", **same)
+    helpers.write_scores(helpers.CACHE, rng.random((20, 4)), method="intgrad", **same)
     return found
 
 

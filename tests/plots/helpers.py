@@ -33,6 +33,7 @@ def write_scores(
     grids: str = "toy",
     n: int = 2,
     cells: list[int] | None = None,
+    grids_hash: str = "h" * 64,
 ) -> Path:
     """A score artifact holding ``scores`` (N, T)."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -56,7 +57,7 @@ def write_scores(
             "method": method,
             "n": n,
             "image_size": 32 * n,
-            "grids_hash": "h" * 64,
+            "grids_hash": grids_hash,
         },
     )
 

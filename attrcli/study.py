@@ -1,0 +1,178 @@
+"""``run``: the whole study end to end, every stage cached (SPEC §4, issue "plot and run").
+
+Make both grid files, attribute every method at the study's layers in all three settings for
+every model, derive the smoothing sweep and SmoothGrad, score, AggAtt, correlate, draw the
+figures and write ``reports/<study>/summary.md``. Each stage skips what is up to date, so a
+second run only redraws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from attrcli.errors import UserError
+from attrcli.registry import Registry
+
+Log = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
+
+PAPER_METHODS = (
+    "grad", "guided-backprop", "ixg", "intgrad", "gradcam", "gradcam++", "layercam",
+    "ablationcam", "scorecam", "occlusion", "rise",
+)
+PAPER_KS = (9, 17, 33, 65, 129, 257)  # on 448-pixel grids (supplement D)
+
+
+def scaled_kernels(image_size: int, ks: tuple[int, ...] = PAPER_KS) -> tuple[int, ...]:
+    """The paper's kernel sizes scaled from 448-pixel grids to ``image_size``: odd, ≥ 3, unique."""
+    out: list[int] = []
+    for k in ks:
+        scaled = max(3, int(round(k * image_size / 448)))
+        scaled += 1 - scaled % 2
+        if scaled not in out:
+            out.append(scaled)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class StudyPreset:
+    """What a study runs."""
+
+    name: str
+    dataset: str
+    models: tuple[str, ...]
+    cell_size: int
+    n: int = 2
+    settings: tuple[str, ...] = ("gridpg", "difull", "dipart")
+    layers: tuple[str, ...] = ("input", "middle", "final")
+    methods: tuple[str, ...] = PAPER_METHODS
+    smoothing_settings: tuple[str, ...] = ("gridpg", "difull")  # where the sweep runs (Fig. 26)
+    smoothgrad: tuple[str, ...] = ("smoothgrad-intgrad", "smoothgrad-ixg")
+    count_distinct: int | None = None  # None: the dataset's default
+    count_corners: int | None = None
+    batch_size: int = 32
+
+    @property
+    def kernels(self) -> tuple[int, ...]:
+        return scaled_kernels(self.n * self.cell_size)
+
+
+PRESETS: Registry[StudyPreset] = Registry("study preset")
+PRESETS.register("digits")(StudyPreset(
+    name="digits", dataset="digits", models=("digits-vgg11", "digits-resnet18"), cell_size=32,
+    batch_size=64,
+))
+PRESETS.register("paper-imagenet")(StudyPreset(
+    name="paper-imagenet", dataset="imagenet", models=("vgg11", "resnet18"), cell_size=224,
+    count_distinct=500, count_corners=1000, batch_size=16,
+))
+
+
+@dataclass
+class StudyResult:
+    """Where the study's outputs are."""
+
+    report_dir: Path
+    summary: Path
+    figures: list[Path] = field(default_factory=list)
+    attributions: list[Path] = field(default_factory=list)
+    computed: int = 0  # artifacts computed (not found up to date)
+
+
+def run_study(
+    *,
+    preset: str = "digits",
+    root: Path | None = None,
+    device: str = "auto",
+    weights: dict[str, str] | None = None,
+    count: int | None = None,
+    batch_size: int | None = None,
+    data_dir: Path = Path("data/grids"),
+    cache_root: Path = Path("cache"),
+    reports_dir: Path = Path("reports"),
+    fmt: str = "png",
+    force: bool = False,
+    launcher: str = "inline",
+    launcher_options: dict | None = None,
+    progress: Progress | None = None,
+    log: Log | None = None,
+) -> StudyResult:
+    """Run the preset's whole study; see the module docstring."""
+    from attrcli.data.grids import make_grids
+    from attrcli.engine.attribute import attribute, resolve_device
+    from attrcli.metrics.stages import aggatt, correlate, score
+    from attrcli.plots.common import check_format
+
+    study = PRESETS.get(preset)
+    check_format(fmt)
+    say = log or (lambda message: None)
+    dev = resolve_device(device)
+    weights = weights or {}
+    unknown = sorted(set(weights) - set(study.models))
+    if unknown:
+        raise UserError(f"--weights for {unknown[0]}, which is not in study {study.name}; models: {', '.join(study.models)}")
+    if launcher not in ("inline", "local", "slurm"):
+        raise UserError(f"unknown launcher {launcher!r}; valid: inline, local, slurm")
+    batch = batch_size or study.batch_size
+    report_dir = Path(reports_dir) / study.name
+    result = StudyResult(report_dir=report_dir, summary=report_dir / "summary.md")
+
+    say("grids")
+    grid_files = {}
+    for variant, default in (("distinct", study.count_distinct), ("corners", study.count_corners)):
+        (grid_files[variant],) = make_grids(
+            dataset=study.dataset, root=root, variant=variant, n=study.n, count=count or default,
+            models=list(study.models), out_dir=data_dir, cache_dir=cache_root, device=dev,
+            force=force, progress=progress,
+        )
+
+    jobs = []
+    for model in study.models:
+        for setting in study.settings:
+            grids = grid_files["corners" if setting != "gridpg" else "distinct"]
+            jobs.append(dict(grids=grids, setting=setting, model=model, layers=list(study.layers), methods=list(study.methods)))
+            if setting in study.smoothing_settings:
+                derived = [f"s-{base}:k={k}" for base in ("intgrad", "ixg") for k in study.kernels]
+                jobs.append(dict(grids=grids, setting=setting, model=model, layers=["input"], methods=derived + list(study.smoothgrad)))
+    say(f"attribute: {len(jobs)} jobs")
+    attributions = []
+    for job in jobs:
+        results = _attribute(job, launcher, launcher_options, dict(
+            device=dev, batch_size=batch, force=force, cache_root=cache_root,
+            weights=weights.get(job["model"]), progress=progress,
+        ))
+        attributions += [r.path for r in results]
+        result.computed += sum(r.status != "up to date" for r in results)
+    result.attributions = attributions
+
+    say("score")
+    scores = [r.path for r in score(attribution_paths=attributions, cache_root=cache_root, force=force, device=dev, progress=progress)]
+    say("aggatt")
+    aggatts = [r.path for r in aggatt(paths=attributions, cache_root=cache_root, force=force, device=dev, progress=progress)]
+    say("correlate")
+    correlations = []
+    for model in study.models:
+        keys = [p for p in scores if f"/gridpg/{model}/" in str(p) and Path(p).stem in study.methods]
+        correlations.append(correlate(score_paths=keys, name=f"{study.name}-gridpg-{model}", cache_root=cache_root, force=force).path)
+
+    say("figures")
+    from attrcli.study_report import draw_figures, write_summary
+
+    result.figures = draw_figures(
+        study=study, report_dir=report_dir, fmt=fmt, scores=scores, aggatts=aggatts,
+        correlations=correlations, grid_files=grid_files,
+    )
+    write_summary(study=study, path=result.summary, scores=scores, correlations=correlations, figures=result.figures)
+    return result
+
+
+def _attribute(job: dict, launcher: str, launcher_options: dict | None, common: dict):
+    from attrcli.engine.attribute import attribute
+
+    if launcher == "inline":
+        return attribute(**job, **common)
+    from attrcli.engine.launch import launch_attribute  # scale-out (submitit)
+
+    return launch_attribute(job=job, launcher=launcher, options=launcher_options or {}, common=common)
