@@ -12,9 +12,11 @@ Bars (issue "Settings, layers and the attribution engine"):
 
 The engine time is :func:`attrcli.engine.attribute.compute_maps` on one chunk, everything
 included (prefix, shared forward, per-target backward, guided backward, the methods' maps).
-Each time is the median of ``--reps`` repetitions after one warm-up, all in one process and one
-run, so the ratios compare like with like even on a loaded machine (torch's thread count is left
-as it is). Inputs are random normalised grids: timing does not depend on the content.
+Each time is the median of several repetitions after one warm-up round, the cases taking turns
+within each repetition, all in one process and one run, so the ratios compare like with like even
+on a loaded machine (torch's thread count is left as it is). The intgrad floor is measured as one
+forward+backward of the suffix over the replicated rows, times the number of steps; the engine
+batches (grid image, step) pairs under the same ``--batch-size`` as the chunk (B grid images). Inputs are random normalised grids: timing does not depend on the content.
 
     python benchmarks/bench_engine.py            # all four models, writes benchmarks/out/bench_engine.json
     python benchmarks/bench_engine.py --quick    # fewer repetitions
@@ -51,19 +53,27 @@ SETTINGS = ("gridpg", "difull", "dipart")
 GRIDS = {"digits-vgg11": 16, "digits-resnet18": 16, "vgg11": 1, "resnet18": 1}
 
 
-def median_seconds(run: Callable[[], object], reps: int, device: torch.device) -> float:
-    """Median wall time of ``reps`` calls after one warm-up call."""
-    times = []
+def seconds(run: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call (CUDA work included)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved(cases: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, list[float]]:
+    """Times of each case, the cases taking turns within each repetition (after one warm-up
+    round), so that a change of load on a shared machine hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
     for rep in range(reps + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if rep:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in cases.items():
+            elapsed = seconds(run, device)
+            if rep:
+                times[name].append(elapsed)
+    return times
 
 
 def replicated(setting: GridSetting, x: torch.Tensor, targets: Targets):
@@ -102,28 +112,38 @@ def bench_setting(adapter: ModelAdapter, name: str, grids: int, reps: int, steps
     targets = setting.targets(labels, cells)
     rows, grid, target = replicated(setting, x, targets)
     net_rows = setting.split(rows)
-    floor = median_seconds(lambda: floor_pass(setting, net_rows, targets, grid, target, -1), reps, device)
     jobs = _jobs(setting, cells, list(LAYERS), list(SINGLE_PASS))
-    engine = median_seconds(lambda: compute_maps(setting, x, labels, cells, jobs, batch_size=grids), reps, device)
-
     middle = adapter.layer_index("middle")
     with torch.no_grad():
         a = setting.prefix(rows, middle)
-    suffix_floor = median_seconds(lambda: floor_pass(setting, a, targets, grid, target, middle), reps, device)
     ig_jobs = _jobs(setting, cells, ["middle"], [f"intgrad:steps={steps}"] if steps != 20 else ["intgrad"])
-    ig = median_seconds(lambda: compute_maps(setting, x, labels, cells, ig_jobs, batch_size=grids * steps), reps, device)
+    times = interleaved(
+        {
+            "floor": lambda: floor_pass(setting, net_rows, targets, grid, target, -1),
+            "engine": lambda: compute_maps(setting, x, labels, cells, jobs, batch_size=grids),
+            "suffix": lambda: floor_pass(setting, a, targets, grid, target, middle),
+            "intgrad": lambda: compute_maps(setting, x, labels, cells, ig_jobs, batch_size=grids),
+        },
+        reps,
+        device,
+    )
+    med = {name: statistics.median(values) for name, values in times.items()}
+    ratios = [e / f for e, f in zip(times["engine"], times["floor"])]
+    ig_ratios = [i / (steps * f) for i, f in zip(times["intgrad"], times["suffix"])]
     return {
         "setting": name,
         "grids": grids,
         "targets": len(cells),
         "floor_rows": int(net_rows.shape[0]),
-        "floor_s": floor,
-        "single_pass_s": engine,
-        "single_pass_ratio": engine / floor,
+        "floor_s": med["floor"],
+        "single_pass_s": med["engine"],
+        "single_pass_ratio": med["engine"] / med["floor"],
+        "single_pass_ratio_per_rep": ratios,
         "intgrad_steps": steps,
-        "intgrad_floor_s": steps * suffix_floor,
-        "intgrad_s": ig,
-        "intgrad_ratio": ig / (steps * suffix_floor),
+        "intgrad_floor_s": steps * med["suffix"],
+        "intgrad_s": med["intgrad"],
+        "intgrad_ratio": med["intgrad"] / (steps * med["suffix"]),
+        "intgrad_ratio_per_rep": ig_ratios,
     }
 
 

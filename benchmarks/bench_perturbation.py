@@ -15,7 +15,8 @@ Issue "Perturbation and ablation methods" bars:
 - memory: the peak resident memory of RISE with 6000 masks and of Score-CAM at a 512-channel
   layer stay within 1.5× of the same run with 1000 masks / at a 64-channel layer, at equal
   ``--batch-size``. Each memory case runs in a fresh subprocess so its ``ru_maxrss`` is its own;
-  ``peak_rss_mib`` is the process peak, ``growth_mib`` the growth during the method.
+  ``peak_rss_mib`` is the process peak, ``growth_mib`` the growth during the method beyond one
+  full batch of the forward passes it makes (run just before).
 
 Models have random weights (timing and memory do not depend on them): ``digits-vgg11``'s
 architecture on 2×2 grids of 32-pixel cells for speed, and the same VGG topology at width 64
@@ -39,7 +40,7 @@ from pathlib import Path
 import torch
 
 OUT = Path(__file__).parent / "out" / "bench_perturbation.json"
-N, BATCH = 2, 32
+N, BATCH, MEMORY_BATCH = 2, 32, 16
 METHODS = ("occlusion", "rise:masks=250", "ablationcam", "scorecam")
 
 
@@ -69,7 +70,7 @@ def _context(model, setting_name: str, layer: str, grids: int | None, batch_size
         setting=setting, x=x, targets=setting.targets(labels, setting.default_cells()), layer=layer,
         layer_index=model.layer_index(layer), batch_size=batch_size,
     )
-    ctx.activations  # the prefix runs once per batch, shared by every method of the layer
+    _ = ctx.activations  # the prefix runs once per batch, shared by every method of the layer
     return ctx
 
 
@@ -162,15 +163,19 @@ def memory_worker(case: str, device: str) -> dict:
 
     name, _, value = case.partition(":")
     dev = torch.device(device)
+    torch.set_num_threads(1)
     if name == "rise":
         model, layer, spec = _model(), "middle", f"rise:masks={value}"
     else:
         model, layer, spec = _model(width=64), value, "scorecam"
     model.to(dev)
-    ctx = _context(model, "gridpg", layer, 2, 16, dev)
+    ctx = _context(model, "gridpg", layer, 2, MEMORY_BATCH, dev)
     method = parse_method(spec).build(cell_size=model.cell_size, layer=layer)
-    with torch.no_grad():
-        ctx.setting.forward(ctx.x)  # warm up kernels and allocator
+    with torch.no_grad():  # one full batch of the passes the method makes, so growth is its own
+        if name == "rise":
+            ctx.suffix_logits(ctx.activations[:1].expand(MEMORY_BATCH, *ctx.activations.shape[1:]).clone())
+        else:
+            ctx.setting.forward(ctx.x[:1].expand(MEMORY_BATCH, *ctx.x.shape[1:]).clone())
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     method.attribute(ctx)
@@ -185,7 +190,7 @@ def memory_worker(case: str, device: str) -> dict:
 def _memory(case: str, device: str) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--memory-case", case, "--device", device],
-        check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"},
+        check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -31,8 +31,8 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
-def command(name: str, **kwargs) -> Callable:
-    """Register a command on :data:`app` with attrcli's error handling."""
+def command(name: str, *, on: typer.Typer | None = None, **kwargs) -> Callable:
+    """Register a command on :data:`app` (or the sub-app ``on``) with attrcli's error handling."""
 
     def wrap(func: Callable) -> Callable:
         @functools.wraps(func)
@@ -47,7 +47,7 @@ def command(name: str, **kwargs) -> Callable:
                 err.print("[red]interrupted[/red]")
                 raise typer.Exit(130) from None
 
-        return app.command(name, **kwargs)(run)
+        return (on or app).command(name, **kwargs)(run)
 
     return wrap
 

@@ -8,7 +8,6 @@ under ``--cache-dir``. Each command writes one figure (``reports/figures/<name>.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +15,7 @@ from typing import Annotated
 import typer
 
 from attrcli.cli.analysis import Grids, Layer, Method, Model, Paths, Setting
-from attrcli.cli.app import app, err, paths_from_args, split_list
+from attrcli.cli.app import app, command, paths_from_args, split_list
 from attrcli.errors import UserError
 from attrcli.metrics.selection import ALL, split_methods
 from attrcli.plots import (
@@ -52,23 +51,7 @@ Out = Annotated[
 
 def figure(name: str) -> Callable:
     """Register a ``plot`` sub-command with the error handling of :func:`attrcli.cli.app.command`."""
-
-    def wrap(func: Callable) -> Callable:
-        @functools.wraps(func)
-        def run(*args, **kw):
-            try:
-                return func(*args, **kw)
-            except UserError as exc:
-                message = str(exc).replace("\n", " ")
-                err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-                raise typer.Exit(2) from None
-            except KeyboardInterrupt:
-                err.print("[red]interrupted[/red]")
-                raise typer.Exit(130) from None
-
-        return plot_app.command(name)(run)
-
-    return wrap
+    return command(name, on=plot_app)
 
 
 def inputs(

@@ -50,23 +50,28 @@ def target_gradients(
 ) -> list[torch.Tensor]:
     """Gradients of the target logits with respect to each of ``inputs``, in grid layout.
 
+    The backward starts from the logits with a one-hot output gradient per target, which equals
+    differentiating the target logit and skips an indexing step in the backward.
+
     ``logits`` ``(U, heads, classes)`` come from network-layout ``inputs`` holding ``U`` units,
     unit ``u`` showing grid image ``grid[u]``. Each result is ``(U, T, C, h, w)`` with one
     backward per target in connected settings, or ``(U, 1, C, h, w)`` in DiFull: the gradient of
     the summed target logits, in which target ``t`` owns cell ``cells[t]`` alone (see
     :func:`select_cells`).
     """
-    if setting.disconnected:
-        values = target_logits(logits, targets, grid, None)
-        grads = torch.autograd.grad(values.sum(), list(inputs), retain_graph=retain_graph)
-        return [setting.to_map(g)[:, None] for g in grads]
     rows = torch.arange(len(grid), device=logits.device)
+    if setting.disconnected:
+        pick = torch.zeros_like(logits)
+        pick[rows[:, None], targets.heads[None], targets.classes[grid]] = 1
+        grads = torch.autograd.grad(logits, list(inputs), pick, retain_graph=retain_graph)
+        return [setting.to_map(g)[:, None] for g in grads]
     per_input: list[list[torch.Tensor]] = [[] for _ in inputs]
     count = targets.count
     for t in range(count):
-        values = logits[rows, targets.heads[t], targets.classes[grid, t]]
+        pick = torch.zeros_like(logits)
+        pick[rows, targets.heads[t], targets.classes[grid, t]] = 1
         grads = torch.autograd.grad(
-            values.sum(), list(inputs), retain_graph=retain_graph or t < count - 1
+            logits, list(inputs), pick, retain_graph=retain_graph or t < count - 1
         )
         for store, g in zip(per_input, grads):
             store.append(g)

@@ -40,7 +40,7 @@ class _SwitchableReLU(torch.autograd.Function):
         (out,) = ctx.saved_tensors
         if ctx.rule.guided:
             grad = grad.clamp(min=0)
-        return torch.where(out > 0, grad, 0), None
+        return torch.ops.aten.threshold_backward(grad, out, 0), None  # ReLU's own backward kernel
 
 
 @contextmanager

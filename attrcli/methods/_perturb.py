@@ -15,10 +15,13 @@ network after the perturbed layer. What one evaluation is depends on the setting
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-from attrcli.engine.context import AttributionContext
+if TYPE_CHECKING:
+    from attrcli.engine.context import AttributionContext
+    from attrcli.methods.base import Method
 
 Build = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
@@ -139,7 +142,7 @@ def channel_map(ctx: AttributionContext, weights: torch.Tensor) -> torch.Tensor:
     return torch.einsum("btc,bchw->bthw", weights.to(a.dtype), a)
 
 
-def gradient_maps(method, ctx: AttributionContext) -> torch.Tensor:
+def gradient_maps(method: Method, ctx: AttributionContext) -> torch.Tensor:
     """Maps ``(B, T, h, w)`` of a gradient-kind method from the activations held by ``ctx``.
 
     The same activations and gradients as the engine's shared gradient pass, but for whatever

@@ -65,10 +65,10 @@ def window_starts(size: int, k: int, s: int) -> list[int]:
 
 
 def coverage(starts: list[int], k: int, size: int, device=None) -> torch.Tensor:
-    """Indicator ``(windows, size)``: which positions each window covers."""
+    """Indicator ``(windows, size)``: which positions each window of size ``k`` covers."""
     first = torch.tensor(starts, device=device)[:, None]
     pos = torch.arange(size, device=device)[None]
-    return ((pos >= first) & (pos < first + min(k, size))).float()
+    return ((pos >= first) & (pos < first + k)).float()
 
 
 @METHODS.register("occlusion")
@@ -86,29 +86,20 @@ class Occlusion(Method):
     def attribute(self, ctx) -> torch.Tensor:
         a = ctx.activations
         H, W = ctx.setting.to_map(a[: ctx.units_per_grid]).shape[-2:]
-        k, s = self.config.k, self.config.s
-        ys, xs = window_starts(H, k, s), window_starts(W, k, s)
-        cover_y = coverage(ys, k, H, ctx.device)
-        cover_x = coverage(xs, k, W, ctx.device)
-        nx = len(xs)
+        ky, kx, s = min(self.config.k, H), min(self.config.k, W), self.config.s
+        ys, xs = window_starts(H, ky, s), window_starts(W, kx, s)
         starts_y = torch.tensor(ys, device=ctx.device)
         starts_x = torch.tensor(xs, device=ctx.device)
-        if ctx.setting.disconnected:
-            offsets = cell_offsets(ctx, (H, W))  # (T, 2)
-            cell_h, cell_w = H // ctx.setting.n, W // ctx.setting.n
-            off = offsets.cpu()
-            hit_y = (cover_y.cpu()[:, None] * _band(off[:, 0], cell_h, H)[None]).sum(-1) > 0  # (ny, T)
-            hit_x = (cover_x.cpu()[:, None] * _band(off[:, 1], cell_w, W)[None]).sum(-1) > 0
-            touched = (hit_y.T[:, :, None] & hit_x.T[:, None, :]).reshape(len(off), -1)
-        else:
-            offsets, touched = None, None
-        ky, kx = min(k, H), min(k, W)
-        pos_y = torch.arange(a.shape[-2], device=ctx.device)
+        pos_y = torch.arange(a.shape[-2], device=ctx.device)  # positions within a row (DiFull: a cell)
         pos_x = torch.arange(a.shape[-1], device=ctx.device)
+        touched, offsets = None, None
+        if ctx.setting.disconnected:
+            touched = touched_windows(ctx, ys, xs, (ky, kx), (H, W))
+            offsets = cell_offsets(ctx, (H, W))
 
         def build(grid, target, item):
-            y0, x0 = starts_y[item // nx], starts_x[item % nx]
-            if target is not None:
+            y0, x0 = starts_y[item // len(xs)], starts_x[item % len(xs)]
+            if target is not None:  # window position within the target's cell
                 y0, x0 = y0 - offsets[target, 0], x0 - offsets[target, 1]
             inside_y = (pos_y[None] >= y0[:, None]) & (pos_y[None] < y0[:, None] + ky)
             inside_x = (pos_x[None] >= x0[:, None]) & (pos_x[None] < x0[:, None] + kx)
@@ -118,15 +109,27 @@ class Occlusion(Method):
         with torch.no_grad():
             y = reference_scores(ctx)
             occluded = perturbed_scores(
-                ctx, len(ys) * nx, build, layer_index=ctx.layer_index, touched=touched, fill=y
+                ctx, len(ys) * len(xs), build, layer_index=ctx.layer_index, touched=touched, fill=y
             )
-            drop = (y[:, :, None] - occluded).view(ctx.grids, ctx.targets.count, len(ys), nx)
-            total = torch.einsum("iy,btij,jx->btyx", cover_y.to(drop.dtype), drop, cover_x.to(drop.dtype))
-            count = cover_y.sum(0)[:, None] * cover_x.sum(0)[None, :]
-            return total / count.to(total.dtype)
+            drop = (y[:, :, None] - occluded).view(ctx.grids, ctx.targets.count, len(ys), len(xs))
+            cover_y = coverage(ys, ky, H, ctx.device).to(drop.dtype)
+            cover_x = coverage(xs, kx, W, ctx.device).to(drop.dtype)
+            total = torch.einsum("iy,btij,jx->btyx", cover_y, drop, cover_x)
+            return total / (cover_y.sum(0)[:, None] * cover_x.sum(0)[None, :])
 
 
-def _band(first: torch.Tensor, length: int, size: int) -> torch.Tensor:
-    """Indicator ``(T, size)`` of ``[first, first + length)`` for each target."""
-    pos = torch.arange(size)[None]
-    return ((pos >= first[:, None]) & (pos < first[:, None] + length)).float()
+def touched_windows(
+    ctx, ys: list[int], xs: list[int], k: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
+    """DiFull: ``(T, windows)``, whether window ``(i, j)`` overlaps target t's cell (the others
+    cannot move head t)."""
+    n = ctx.setting.n
+    cell_h, cell_w = size[0] // n, size[1] // n
+    starts_y, starts_x = torch.tensor(ys), torch.tensor(xs)
+    rows = []
+    for cell in ctx.targets.cells.tolist():
+        top, left = cell // n * cell_h, cell % n * cell_w
+        hit_y = (starts_y < top + cell_h) & (starts_y + k[0] > top)
+        hit_x = (starts_x < left + cell_w) & (starts_x + k[1] > left)
+        rows.append((hit_y[:, None] & hit_x[None, :]).reshape(-1))
+    return torch.stack(rows)

@@ -39,15 +39,9 @@ def grids_name(grids: str | Path) -> str:
 
 def split_methods(value: str | None) -> list[str]:
     """Split a comma list of method specs, keeping ``name:a=1,b=2`` together."""
-    out: list[str] = []
-    for part in (p.strip() for p in (value or "").split(",")):
-        if not part:
-            continue
-        if out and "=" in part and ":" not in part and ":" in out[-1]:
-            out[-1] = f"{out[-1]},{part}"
-        else:
-            out.append(part)
-    return out
+    from attrcli.methods.base import split_methods as split
+
+    return split(value or "")
 
 
 def method_matches(pattern: str, method: str) -> bool:

@@ -2,7 +2,8 @@
 
 One panel per model (rows) and setting (columns); in each panel the layers are groups on the x
 axis and every method has a box of its own colour within a group. Dotted lines mark perfect
-localization (1.0) and a uniform map (1/n²). A box whose scores are all equal would be a flat
+localization (1.0) and a uniform map (1/n²). The y axis runs from 0 (with a small margin, so
+that scores of exactly 0 stay visible) to 1.05. A box whose scores are all equal would be a flat
 line; it is drawn as a ``*`` instead, as the supplement does. Whiskers reach 1.5 IQR; outliers
 are not drawn (thousands of points per box would hide the boxes).
 """
@@ -32,6 +33,8 @@ from attrcli.plots.common import (
 )
 
 YLABEL = "localization score"
+#: A little below 0, so that a box or median at exactly 0 is not hidden by the axis.
+YMIN = -0.03
 GUIDE = {"linestyle": ":", "linewidth": 1.2, "color": "0.35", "zorder": 0}
 
 
@@ -51,6 +54,7 @@ def build_boxes(*, score_paths: list[Path]) -> Figure:
     )
     fig = new_figure(width * len(settings) + 2.4, 2.8 * len(rows) + 0.6)
     axes = fig.subplots(len(rows), len(settings), squeeze=False, sharey=True)
+    collapsed = False
     for r, (grids, model) in enumerate(rows):
         for c, setting in enumerate(settings):
             ax = axes[r][c]
@@ -62,7 +66,7 @@ def build_boxes(*, score_paths: list[Path]) -> Figure:
             if not panel:
                 empty_panel(ax, f"no scores for\n{title}")
                 continue
-            _draw_panel(ax, panel, colours)
+            collapsed |= _draw_panel(ax, panel, colours)
             ax.set_title(title, fontsize=10)
             if c == 0:
                 ax.set_ylabel(YLABEL)
@@ -70,9 +74,10 @@ def build_boxes(*, score_paths: list[Path]) -> Figure:
     handles += [
         Line2D([], [], label="perfect localization (1.0)", **GUIDE),
         Line2D([], [], label=chance_label(s.n for s in sets), **GUIDE),
-        Line2D([], [], marker="$*$", linestyle="", color="0.2", markersize=9,
-               label="all scores equal"),
     ]
+    if collapsed:
+        handles.append(Line2D([], [], marker="$*$", linestyle="", color="0.2", markersize=9,
+                              label="all scores equal"))
     per_column = max(4, int((fig.get_figheight() - 0.4) / 0.2))
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False,
                ncol=math.ceil(len(handles) / per_column))
@@ -90,11 +95,13 @@ def _panel_width(panel: list[ScoreSet]) -> float:
     return float(np.clip(0.8 + 0.14 * layers * methods + 0.3 * layers, 3.2, 7.0))
 
 
-def _draw_panel(ax, panel: list[ScoreSet], colours: dict) -> None:
+def _draw_panel(ax, panel: list[ScoreSet], colours: dict) -> bool:
+    """Draw one panel's boxes; True if a box collapsed to a ``*``."""
     layers = order_layers(s.key.layer for s in panel)
     methods = order_methods(s.key.method for s in panel)
     by_key = {(s.key.layer, s.key.method): s for s in panel}
     step = 0.8 / len(methods)
+    collapsed = False
     for g, layer in enumerate(layers):
         for m, method in enumerate(methods):
             item = by_key.get((layer, method))
@@ -107,6 +114,7 @@ def _draw_panel(ax, panel: list[ScoreSet], colours: dict) -> None:
                 ax.text(x, float(values[0]), "*", ha="center", va="center", fontsize=15,
                         fontweight="bold", color=colours[method], zorder=3,
                         transform=offset_copy(ax.transData, ax.figure, y=-3, units="points"))
+                collapsed = True
                 continue
             ax.boxplot(
                 values,
@@ -124,7 +132,9 @@ def _draw_panel(ax, panel: list[ScoreSet], colours: dict) -> None:
         ax.axhline(y, **GUIDE)
     ax.set_xticks(range(len(layers)), layers)
     ax.set_xlim(-0.5, len(layers) - 0.5)
-    ax.set_ylim(0.0, 1.05)
+    ax.set_ylim(YMIN, 1.05)
+    ax.set_yticks(np.linspace(0.0, 1.0, 6))
     ax.set_xlabel("layer")
     ax.grid(axis="y", color="0.92", linewidth=0.6)
     ax.set_axisbelow(True)
+    return collapsed

@@ -6,6 +6,7 @@ screen, no global state), so library code can build many figures without leaking
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -135,22 +136,22 @@ def order_settings(settings: Iterable[str]) -> list[str]:
 
 
 def _palette() -> list:
+    """60 distinct colours: tab10's strong ones first, then their light pairs, then tab20b/c."""
     pairs = colormaps["tab20"].colors
-    return list(pairs[::2]) + list(pairs[1::2])
+    extra = [c for name in ("tab20b", "tab20c") for c in colormaps[name].colors]
+    return list(pairs[::2]) + list(pairs[1::2]) + extra[::2] + extra[1::2]
 
 
 def method_colours(specs: Iterable[str]) -> dict[str, tuple]:
     """A colour per method: fixed for the paper's methods, the next free ones for the rest."""
     palette = _palette()
     colours: dict[str, tuple] = {}
-    taken: set[int] = set()
     ordered = order_methods(specs)
     for spec in ordered:
         if spec in METHOD_ORDER:
             index = METHOD_ORDER.index(spec)
             colours[spec] = palette[index % len(palette)]
-            taken.add(index)
-    free = (i for i in range(len(METHOD_ORDER), 10**6) if i not in taken)
+    free = itertools.count(len(METHOD_ORDER))  # after the paper's methods' fixed colours
     for spec in ordered:
         if spec not in colours:
             colours[spec] = palette[next(free) % len(palette)]

@@ -92,7 +92,9 @@ def load_panels(paths: list[Path]) -> list[CorrelationPanel]:
 
 def _split(label: str) -> tuple[str, str, str, str]:
     parts = label.split("/", 3)
-    return tuple(parts) if len(parts) == 4 else ("", "", "", label)  # type: ignore[return-value]
+    if len(parts) != 4:
+        return "", "", "", label
+    return parts[0], parts[1], parts[2], parts[3]
 
 
 def _order(labels: list[str]) -> list[int]:
@@ -116,7 +118,7 @@ def _layer_breaks(labels: list[str]) -> list[float]:
     return [i + 0.5 for i in range(len(layers) - 1) if layers[i] != layers[i + 1]]
 
 
-def _draw(fig, ax, panel: CorrelationPanel):
+def _draw(ax, panel: CorrelationPanel):
     r_order, c_order = _order(panel.rows), _order(panel.columns)
     matrix = panel.matrix[np.ix_(r_order, c_order)]
     rows = [panel.rows[i] for i in r_order]
@@ -155,7 +157,7 @@ def build_correlation(*, paths: list[Path]) -> Figure:
     axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
     image = None
     for ax, panel in zip(axes, panels):
-        image = _draw(fig, ax, panel)
+        image = _draw(ax, panel)
     bar = fig.colorbar(image, ax=list(axes), shrink=0.8, pad=0.02)
     bar.set_label("Spearman rank correlation", fontsize=8)
     bar.set_ticks([-1.0, -0.5, 0.0, 0.5, 1.0])

@@ -146,24 +146,30 @@ def load_examples(aggatt_paths: list[Path], grid_file: Path | None = None) -> li
 
 
 def build_examples(*, aggatt_paths: list[Path], grid_file: Path | None = None) -> Figure:
-    """Per key (row) and bin (column pair): the median example's image and attribution map."""
+    """Per key (row) and bin (column pair): the median example's image and attribution map.
+
+    ``example_axes(fig)`` gives the ``(image, map)`` axes pairs back, by row and bin.
+    """
     rows = load_examples(aggatt_paths, grid_file)
     context = len({(r.key.grids, r.key.setting, r.key.model) for r in rows}) > 1
-    fig = new_figure(2.3 * len(BIN_LABELS) + 1.0, 1.2 * len(rows) + 0.8)
-    subs = fig.subfigures(1, len(BIN_LABELS), wspace=0.0,
-                          width_ratios=[1.25] + [1.0] * (len(BIN_LABELS) - 1))
-    for b, (sub, label) in enumerate(zip(subs, BIN_LABELS)):
-        sub.suptitle(label, fontsize=9)
-        axes = sub.subplots(len(rows), 2, squeeze=False)
-        for r, item in enumerate(rows):
-            image_ax, map_ax = axes[r]
+    bins = len(BIN_LABELS)
+    fig = new_figure(2.3 * bins + 1.2, 1.25 * len(rows) + 0.8)
+    # Two columns per bin and a narrow empty column between bins.
+    grid = fig.add_gridspec(len(rows), 3 * bins - 1, width_ratios=([1, 1, 0.18] * bins)[:-1])
+    for r, item in enumerate(rows):
+        for b, label in enumerate(BIN_LABELS):
+            image_ax = fig.add_subplot(grid[r, 3 * b])
+            map_ax = fig.add_subplot(grid[r, 3 * b + 1])
             for ax in (image_ax, map_ax):
                 ax.set_xticks([])
                 ax.set_yticks([])
+            if r == 0:
+                image_ax.set_title(label, fontsize=9, x=1.05, ha="center", pad=13)
             if item.images[b] is None:
                 for ax in (image_ax, map_ax):
-                    ax.set_axis_off()
-                image_ax.text(1.0, 0.5, "empty bin", ha="center", va="center", fontsize=7,
+                    for side in ax.spines.values():
+                        side.set_visible(False)
+                image_ax.text(1.05, 0.5, "empty bin", ha="center", va="center", fontsize=7,
                               color="0.4", transform=image_ax.transAxes)
             else:
                 image_ax.imshow(item.images[b], interpolation="antialiased")
@@ -172,17 +178,22 @@ def build_examples(*, aggatt_paths: list[Path], grid_file: Path | None = None) -
                 for ax in (image_ax, map_ax):
                     outline_cell(ax, item.cell, item.n, item.images[b].shape[0])
                 map_ax.set_title(f"score {item.scores[b]:.2f}", fontsize=7, pad=2)
-            if b == 0:
-                image_ax.set_axis_on()
-                image_ax.set_ylabel(row_label(item.key, context), fontsize=8, rotation=0,
-                                    ha="right", va="center")
-                if item.images[b] is None:
-                    for side in image_ax.spines.values():
-                        side.set_visible(False)
+        fig.axes[2 * bins * r].set_ylabel(row_label(item.key, context), fontsize=8, rotation=0,
+                                          ha="right", va="center")
     key = rows[0].key
     title = "Median example per AggAtt bin: image | attribution"
     fig.suptitle(title if context else f"{title} · {key.setting} · {key.model}", fontsize=10)
     return fig
+
+
+def example_axes(fig: Figure) -> list[list[tuple]]:
+    """The ``(image, map)`` axes of a :func:`build_examples` figure, ``[row][bin]``."""
+    axes = fig.axes
+    per_row = 2 * len(BIN_LABELS)
+    return [
+        [(axes[r + 2 * b], axes[r + 2 * b + 1]) for b in range(len(BIN_LABELS))]
+        for r in range(0, len(axes), per_row)
+    ]
 
 
 def plot_examples(

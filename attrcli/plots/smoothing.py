@@ -15,6 +15,7 @@ localization is shown, as the supplement's Fig. 26 does. Nothing is written but 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from matplotlib.patches import Patch
 from attrcli.errors import UserError
 from attrcli.metrics.correlation import check_comparable, spearman
 from attrcli.metrics.selection import cache_root_of
-from attrcli.plots.boxes import GUIDE, YLABEL
+from attrcli.plots.boxes import GUIDE, YLABEL, YMIN
 from attrcli.plots.common import (
     ScoreSet,
     chance_label,
@@ -174,7 +175,9 @@ def sweep_groups(sets: list[ScoreSet], *, reference: str, layer: str) -> list[Sw
 
 def _x_axis(ax, ks: list[int]) -> None:
     ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, ["original" if k == ORIGINAL_K else str(k) for k in ks], fontsize=8)
+    crowded = any(np.log2(b / a) < 0.45 for a, b in pairwise(ks))
+    ax.set_xticks(ks, ["original" if k == ORIGINAL_K else str(k) for k in ks], fontsize=8,
+                  rotation=45 if crowded else 0, ha="right" if crowded else "center")
     ax.minorticks_off()
     ax.set_xlim(min(ks) / 1.8, max(ks) * 1.5)
     ax.set_xlabel("Gaussian kernel size K (σ = K/4), log scale")
@@ -228,7 +231,7 @@ def build_smoothing(
             _draw_sweep(loc_ax, sweep, lambda p: p.median, band=lambda p: (p.q1, p.q3))
         loc_ax.axhline(1.0, **GUIDE)
         loc_ax.axhline(1.0 / group.n**2, **GUIDE)
-        loc_ax.set_ylim(0.0, 1.05)
+        loc_ax.set_ylim(YMIN, 1.05)
         loc_ax.set_ylabel(YLABEL)
         loc_ax.set_title(f"{where}: localization at {layer}", fontsize=10)
         _x_axis(loc_ax, ks)

@@ -50,13 +50,14 @@ def test_one_panel_per_model_and_setting_with_layer_groups(scores, helpers):
                       "gridpg · digits-resnet18", "difull · digits-resnet18"]
     for ax in fig.axes:
         assert [t.get_text() for t in ax.get_xticklabels()] == ["input", "final"]
-        assert ax.get_ylim() == (0.0, 1.05)
+        assert ax.get_ylim()[1] == 1.05 and -0.05 < ax.get_ylim()[0] < 0
+        assert ax.get_yticks()[0] == 0.0 and ax.get_yticks()[-1] == 1.0
         assert _hlines(ax) == [0.25, 1.0]
     assert fig.axes[0].get_ylabel() == "localization score"
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend[:3] == ["grad", "ixg", "gradcam"]  # the paper's order, not the input order
     assert "uniform attribution (1/n² = 0.25)" in legend
-    assert "perfect localization (1.0)" in legend
+    assert "perfect localization (1.0)" in legend and "all scores equal" in legend
     assert helpers.texts(fig).count("*") == 4  # DiFull grad, two layers, two models
 
 
@@ -103,6 +104,9 @@ def test_chance_line_follows_the_grid_size(workdir, helpers):
                                 cells=list(range(9)))
     fig = build_boxes(score_paths=[path])
     assert _hlines(fig.axes[0]) == [pytest.approx(1 / 9), 1.0]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "uniform attribution (1/n² = 0.111)" in legend
+    assert "all scores equal" not in legend  # no box collapsed here
 
 
 def test_the_png_is_written_and_drawn(scores, helpers, workdir):

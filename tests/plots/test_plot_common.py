@@ -46,6 +46,8 @@ def test_paper_methods_keep_their_colour_whatever_else_is_plotted():
     crowded = method_colours(["zeta", "grad", "gradcam", "s-ixg:k=9", "s-ixg:k=17"])
     assert alone["gradcam"] == crowded["gradcam"]
     assert len(set(crowded.values())) == len(crowded)
+    many = method_colours([f"m{i}" for i in range(40)] + ["grad"])
+    assert len(set(many.values())) == 41
 
 
 def test_output_path_defaults_and_format_from_suffix():

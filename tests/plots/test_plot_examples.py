@@ -12,6 +12,7 @@ from attrcli.errors import UserError
 from attrcli.metrics import upsample_positive
 from attrcli.plots import build_examples, plot_examples
 from attrcli.plots.common import BIN_LABELS
+from attrcli.plots.examples import example_axes
 from attrcli.store import read_artifact
 
 
@@ -24,14 +25,14 @@ def study(workdir, helpers, fakes):
 def test_each_bin_shows_its_median_image_and_map(study):
     path = study["aggatt"]["final", "gradcam"]
     fig = build_examples(aggatt_paths=[path])
-    assert [sub.get_suptitle() for sub in fig.subfigs] == list(BIN_LABELS)
+    (pairs,) = example_axes(fig)
+    assert [image_ax.get_title() for image_ax, _ in pairs] == list(BIN_LABELS)
     agg = read_artifact(path)
     grid = read_artifact(study["grid"])
     maps = read_artifact(study["attributions"]["final", "gradcam"]).data["maps"]
     t = maps.shape[1]
     assert (agg.data["counts"] > 0).all()
-    for b, sub in enumerate(fig.subfigs):
-        image_ax, map_ax = sub.axes
+    for b, (image_ax, map_ax) in enumerate(pairs):
         row, flat = agg.data["median_row"][b], agg.data["median_index"][b]
         mean = np.asarray(grid.attrs["mean"])[:, None, None]
         std = np.asarray(grid.attrs["std"])[:, None, None]
@@ -44,14 +45,15 @@ def test_each_bin_shows_its_median_image_and_map(study):
         for ax in (image_ax, map_ax):
             (rect,) = ax.patches
             assert rect.get_xy() == (-0.5, -0.5) and rect.get_width() == 32
-    assert fig.subfigs[0].axes[0].get_ylabel() == "gradcam\nfinal"
+    assert pairs[0][0].get_ylabel() == "gradcam\nfinal"
 
 
 def test_rows_in_display_order_and_png_drawn(study, helpers, workdir):
     paths = [study["aggatt"]["final", "gradcam"], study["aggatt"]["final", "grad"]]
     fig = build_examples(aggatt_paths=paths)
-    first = fig.subfigs[0]
-    assert [ax.get_ylabel() for ax in first.axes[::2]] == ["grad\nfinal", "gradcam\nfinal"]
+    rows = example_axes(fig)
+    assert [row[0][0].get_ylabel() for row in rows] == ["grad\nfinal", "gradcam\nfinal"]
+    assert all(not ax.get_ylabel() for row in rows for pair in row[1:] for ax in pair)
     helpers.assert_drawn(plot_examples(aggatt_paths=paths, out=workdir / "examples.png"))
 
 
@@ -64,8 +66,10 @@ def test_empty_bins_are_marked(workdir, helpers, fakes):
     (result,) = stages.aggatt(paths=[attribution])
     counts = read_artifact(result.path).data["counts"]
     fig = build_examples(aggatt_paths=[result.path])
-    marked = [b for b, sub in enumerate(fig.subfigs)
-              if any(t.get_text() == "empty bin" for t in sub.axes[0].texts)]
+    (pairs,) = example_axes(fig)
+    marked = [b for b, (image_ax, map_ax) in enumerate(pairs)
+              if any(t.get_text() == "empty bin" for t in image_ax.texts)]
+    assert all(not pairs[b][0].images and not pairs[b][1].images for b in marked)
     assert marked == [b for b in range(6) if counts[b] == 0] and marked
 
 
@@ -74,7 +78,7 @@ def test_grid_file_is_found_checked_and_can_be_given(study, workdir, fakes):
     moved = shutil.move(study["grid"], workdir / "elsewhere.h5")
     with pytest.raises(UserError, match="pass it with --grid-file"):
         build_examples(aggatt_paths=[path])
-    assert build_examples(aggatt_paths=[path], grid_file=moved).subfigs
+    assert example_axes(build_examples(aggatt_paths=[path], grid_file=moved))
     other = fakes.make_grid_file(workdir / "other.h5", count=50, seed=5)
     with pytest.raises(UserError, match="not the grid file"):
         build_examples(aggatt_paths=[path], grid_file=other)
