@@ -44,6 +44,8 @@ reported as not comparable.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -57,6 +59,10 @@ from attrcli.settings import GridSetting
 GRADCAM_HINT = "pytorch-grad-cam is missing: pip install grad-cam (or pip install -e '.[bench]')"
 RAW = ("grad", "guided-backprop", "ixg", "intgrad", "occlusion", "rise")  # compared value by value
 NORMALISED = ("gradcam", "gradcam++", "layercam", "ablationcam")  # up to pytorch-grad-cam's scaling
+NOTES = {  # known causes of a "differ"
+    "gradcam++": "pytorch-grad-cam adds 1e-6 to the denominator of alpha; where gradients are "
+    "small (random weights) that term dominates and its maps differ from the paper's formula",
+}
 RAW_TOLERANCE = 1e-3  # max |difference| relative to the loop map's max |value|
 NORMALISED_TOLERANCE = 1e-2  # max |difference| of maps scaled to [0, 1]
 
@@ -273,7 +279,8 @@ def _cam(name: str) -> Runner:
         try:
             cam.batch_size = case.batch_size  # ScoreCAM's masked images per forward
             cam.compute_input_gradient = case.layer == "input"
-            return cam(input_tensor=x, targets=[ClassifierOutputTarget(target.index)])[0]
+            with contextlib.redirect_stderr(io.StringIO()):  # its per-batch progress bars
+                return cam(input_tensor=x, targets=[ClassifierOutputTarget(target.index)])[0]
         finally:
             cam.activations_and_grads.release()
 
@@ -362,8 +369,12 @@ def agreement(
 
         size = (theirs.shape[-1], theirs.shape[-2])
         flat = np.maximum(ours, 0).reshape(-1, *ours.shape[-2:])
-        scaled = scale_cam_image(flat.astype(np.float32), size).reshape(theirs.shape)
+        # as BaseCAM: scaled and resized per layer, then scaled again after the layer mean
+        scaled = scale_cam_image(scale_cam_image(flat.astype(np.float32), size)).reshape(theirs.shape)
         diff = float(np.abs(scaled - theirs).max())
         tolerance = NORMALISED_TOLERANCE
     ok = bool(np.isfinite(diff) and diff <= tolerance)
-    return {"status": "agree" if ok else "differ", "how": how, "max_diff": diff, "tolerance": tolerance}
+    result = {"status": "agree" if ok else "differ", "how": how, "max_diff": diff, "tolerance": tolerance}
+    if not ok and method in NOTES:
+        result["note"] = NOTES[method]
+    return result

@@ -5,7 +5,7 @@
 - method specs: attrcli's presets, or the reduced ``--quick`` values (both sides get the spec);
 - :func:`capped`: a view of a model whose layer keeps its first ``k`` channels, so Score-CAM and
   Ablation-CAM make ``k`` perturbations instead of one per channel, each of unchanged cost;
-- :func:`floor_seconds`: the passes a method cannot avoid, timed alone.
+- :class:`Floors`: the passes a method cannot avoid, timed alone.
 """
 
 from __future__ import annotations
@@ -197,50 +197,76 @@ def perturbations(method: str, config: Any, setting: GridSetting, cells: list[in
     raise KeyError(method)
 
 
-def floor_seconds(
-    setting: GridSetting, x: torch.Tensor, labels: torch.Tensor, cells: list[int], layer: str, method: str,
-    config: Any, batch_size: int, device: torch.device,
-) -> float:
-    """The passes ``method`` cannot avoid for grid images ``x``, timed alone:
+class Floors:
+    """The passes each method cannot avoid for grid images ``x`` in one setting, timed alone:
 
     - gradient methods: the prefix, then one forward+backward of the rest of the network over
       the batch of heads (each grid image once per target; DiFull: once); intgrad: ``steps`` such;
     - perturbation methods: the prefix, then one forward of the rest of the network (Score-CAM:
-      the whole network) per perturbation (:func:`perturbations`), timed on one batch of
-      ``--batch-size`` units and scaled to the count.
+      the whole network) per perturbation (:func:`perturbations`); the cost of a row is timed on
+      one batch of ``--batch-size`` units.
+
+    Measurements are shared by the methods of a layer (they need the same passes).
     """
-    index = setting.model.layer_index(layer)
-    prefix_s, a = measure(lambda: setting.prefix(x, index), device)
-    targets = setting.targets(labels, cells)
-    B, T, u = x.shape[0], len(cells), setting.n**2 if setting.disconnected else 1
-    if method in GRADIENT or method == "intgrad":
-        grid = torch.arange(B, device=device)
-        if setting.disconnected:
-            rows, target = a, None
-        else:
-            rows = a.repeat_interleave(T, 0)
-            grid, target = grid.repeat_interleave(T), torch.arange(T, device=device).repeat(B)
 
-        def backward() -> None:
-            with torch.enable_grad():
-                h = rows.detach().requires_grad_(True)
-                values = target_logits(setting.suffix(h, index), targets, grid, target)
-                torch.autograd.grad(values.sum(), h)
+    def __init__(self, setting: GridSetting, x: torch.Tensor, labels: torch.Tensor, cells: list[int],
+                 batch_size: int, device: torch.device) -> None:
+        self.setting, self.x, self.cells, self.batch_size, self.device = setting, x, cells, batch_size, device
+        self.targets = setting.targets(labels, cells)
+        self.units = setting.n**2 if setting.disconnected else 1
+        self._prefix: dict[int, tuple[float, torch.Tensor]] = {}
+        self._backward: dict[int, float] = {}
+        self._row: dict[int, float] = {}
 
-        passes = config.steps if method == "intgrad" else 1
-        return prefix_s + passes * measure(backward, device)[0]
-    start, source = (-1, setting.split(x)) if method == "scorecam" else (index, a)
-    if setting.disconnected:
-        source = source[:u]  # cell rows of one grid image
-    total = B * perturbations(method, config, setting, cells, a)
-    chunk = min(total, batch_size * u)
-    rows = source.repeat(ceil(chunk / len(source)), 1, 1, 1)[:chunk]
-    model = setting.model
+    def prefix(self, index: int) -> tuple[float, torch.Tensor]:
+        if index not in self._prefix:
+            self._prefix[index] = measure(lambda: self.setting.prefix(self.x, index), self.device)
+        return self._prefix[index]
 
-    def forward() -> torch.Tensor:
-        with torch.no_grad():
-            if setting.disconnected:
-                return model.head(model.run_blocks(rows, start))
-            return setting.suffix(rows, start)
+    def backward(self, index: int) -> float:
+        """One forward+backward of the network after the layer over the batch of heads."""
+        if index not in self._backward:
+            setting, a = self.setting, self.prefix(index)[1]
+            B, T = self.x.shape[0], len(self.cells)
+            grid, target, rows = torch.arange(B, device=self.device), None, a
+            if not setting.disconnected:
+                rows = a.repeat_interleave(T, 0)
+                grid, target = grid.repeat_interleave(T), torch.arange(T, device=self.device).repeat(B)
 
-    return prefix_s + measure(forward, device)[0] * total / chunk
+            def run() -> None:
+                with torch.enable_grad():
+                    h = rows.detach().requires_grad_(True)
+                    values = target_logits(setting.suffix(h, index), self.targets, grid, target)
+                    torch.autograd.grad(values.sum(), h)
+
+            self._backward[index] = measure(run, self.device)[0]
+        return self._backward[index]
+
+    def row(self, start: int) -> float:
+        """Seconds per network row of a forward from layer ``start`` (-1: the whole network)."""
+        if start not in self._row:
+            setting, model, u = self.setting, self.setting.model, self.units
+            source = setting.split(self.x) if start == -1 else self.prefix(start)[1]
+            source = source[:u]  # the rows of one grid image (DiFull: its cells)
+            chunk = self.batch_size * u
+            rows = source.repeat(ceil(chunk / len(source)), 1, 1, 1)[:chunk]
+
+            def run() -> torch.Tensor:
+                with torch.no_grad():
+                    if setting.disconnected:
+                        return model.head(model.run_blocks(rows, start))
+                    return setting.suffix(rows, start)
+
+            self._row[start] = measure(run, self.device)[0] / chunk
+        return self._row[start]
+
+    def seconds(self, layer: str, method: str, config: Any, channels: int) -> float:
+        """The floor of one (layer, method); ``channels``: Score-CAM / Ablation-CAM perturbations."""
+        index = self.setting.model.layer_index(layer)
+        prefix_s, a = self.prefix(index)
+        if method in GRADIENT or method == "intgrad":
+            return prefix_s + (config.steps if method == "intgrad" else 1) * self.backward(index)
+        if method in CHANNEL_METHODS:
+            a = a[:, :channels]
+        count = self.x.shape[0] * perturbations(method, config, self.setting, self.cells, a)
+        return prefix_s + count * self.row(-1 if method == "scorecam" else index)

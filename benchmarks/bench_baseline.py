@@ -6,7 +6,7 @@ method parameters (attrcli's presets, or the reduced ``--quick`` values, given t
 runs as users run it: ``attribute(..., force=True)`` for one (setting, layer, method) key into a
 temporary cache, artifact written. The loop is described in ``_baseline_loop.py``. For each key
 the benchmark reports attributions per second of both, their ratio (the speed-up), attrcli's
-ratio to the method's compute floor (``_baseline_work.floor_seconds``: the passes it cannot
+ratio to the method's compute floor (``_baseline_work.Floors``: the passes it cannot
 avoid, timed alone in the same run) and whether both sides' maps agree where the methods are
 defined the same. Times are wall times (``time.perf_counter``) of the complete work, the median
 of 3 runs where one run takes under a second. A *together* row per setting times one
@@ -34,30 +34,27 @@ into ``--cache-dir``) on grids from the real digits pipeline, or ``--digits-weig
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import math
 import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam draws a progress bar per batch
-
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _baseline_loop import LoopCase, MissingBaseline, agreement, gradcam_module, loop_maps, occlusion_region  # noqa: E402
 from _baseline_work import (  # noqa: E402
-    CHANNEL_METHODS, Reduced, capped, digits_grid_files, floor_seconds, measure, method_spec,
+    CHANNEL_METHODS, Floors, Reduced, capped, digits_grid_files, measure, method_spec,
     random_grid_file,
 )
 from attrcli.engine.attribute import attribute, resolve_device  # noqa: E402
@@ -76,7 +73,8 @@ LAYERS = ("input", "middle", "final")
 SETTINGS = ("gridpg", "difull")
 MODELS = ("vgg11", "resnet18", "digits-vgg11", "digits-resnet18")
 BAR_MODELS = ("vgg11", "resnet18")  # the issue's bar: geometric mean >= 5x over these
-QUICK = Reduced(steps=4, masks=16, windows=4, channels=8)
+QUICK = Reduced(steps=4, masks=16, windows=4, channels=8)  # --quick at 448 px
+QUICK_DIGITS = Reduced(masks=100, windows=8)  # --quick for the digits models
 N = 2
 Log = Callable[[str], None]
 
@@ -114,7 +112,7 @@ def _warm_up(setting, x: torch.Tensor) -> None:
 
 def bench_case(
     adapter: ModelAdapter, setting_name: str, grid_path: Path, layer: str, method: str, plan: Plan,
-    shape: tuple[int, int, int], cache_root: Path, device: torch.device,
+    shape: tuple[int, int, int], floors: Floors, cache_root: Path, device: torch.device,
 ) -> dict[str, Any]:
     """One (setting, layer, method) of one model: both sides timed, floor, maps compared."""
     channels, height, _ = shape
@@ -141,10 +139,7 @@ def bench_case(
     timed = len(cells) if plan.loop_targets is None else min(plan.loop_targets, len(cells))
     loop_s, their_maps = measure(lambda: loop_maps(case, images, labels, cells, targets=timed), device, repeats=plan.repeats)
     loop_s *= len(cells) / timed
-    floor_s = floor_seconds(
-        setting, images, torch.from_numpy(labels).to(device), cells, layer, method, config,
-        plan.batch_size, device,
-    )
+    floor_s = floors.seconds(layer, method, config, capped_to or channels)
     region = None
     if method == "occlusion":
         h, w = our_maps.shape[-2:]
@@ -170,13 +165,17 @@ def bench_model(
     for setting_name in plan.settings:
         setting = create_setting(setting_name, adapter, N)
         grid_path = grid_paths[setting.variant]
-        x = torch.from_numpy(load_grid_file(grid_path).images[:1]).to(device)
-        _warm_up(setting, x)
-        shapes = _layer_shapes(setting, x, plan.layers)
+        grid_file = load_grid_file(grid_path)
+        images = torch.from_numpy(grid_file.images).to(device)
+        _warm_up(setting, images)
+        shapes = _layer_shapes(setting, images, plan.layers)
+        labels = torch.from_numpy(grid_file.labels).to(device)
+        floors = Floors(setting, images, labels, setting.default_cells(), plan.batch_size, device)
         mine = []
         for layer in plan.layers:
             for method in plan.methods:
-                row = bench_case(adapter, setting_name, grid_path, layer, method, plan, shapes[layer], work / "cache", device)
+                row = bench_case(adapter, setting_name, grid_path, layer, method, plan, shapes[layer], floors,
+                                 work / "cache", device)
                 mine.append(row)
                 agree = row["agreement"]
                 log(
@@ -348,9 +347,9 @@ def plan_for(cell_size: int, args) -> Plan:
     """Grids, batch size and reductions for a model of ``cell_size``-pixel cells under ``args``."""
     large = cell_size > 64
     if args.quick:
-        grids, reduced, targets = (1, QUICK, 1) if large else (2, Reduced(), None)
+        grids, reduced, targets = (1, QUICK, 1) if large else (16, QUICK_DIGITS, 1)
     else:
-        grids, reduced, targets = (2 if large else 8), Reduced(), None
+        grids, reduced, targets = (2 if large else 32), Reduced(), None
     return Plan(
         grids=args.grids or grids, batch_size=args.batch_size or (8 if large else 32), reduced=reduced,
         loop_targets=targets, settings=tuple(args.settings.split(",")), layers=tuple(args.layers.split(",")),
@@ -370,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digits-weights", choices=("trained", "random"), default="trained")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="where the digits models are")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -383,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench_baseline: {exc}", file=sys.stderr)
             return 2
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
     plans = {}

@@ -53,27 +53,31 @@ SETTINGS = ("gridpg", "difull", "dipart")
 GRIDS = {"digits-vgg11": 16, "digits-resnet18": 16, "vgg11": 1, "resnet18": 1}
 
 
-def seconds(run: Callable[[], object], device: torch.device) -> float:
-    """Wall time of one call (CUDA work included)."""
+def seconds(run: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """Wall time and process CPU time of one call (CUDA work included in the wall time)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def interleaved(cases: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, list[float]]:
-    """Times of each case, the cases taking turns within each repetition (after one warm-up
-    round), so that a change of load on a shared machine hits all of them alike."""
-    times: dict[str, list[float]] = {name: [] for name in cases}
+def interleaved(
+    cases: dict[str, Callable[[], object]], reps: int, device: torch.device
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU times of each case, the cases taking turns within each repetition (after one
+    warm-up round), so that a change of load on a shared machine hits all of them alike."""
+    wall: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
     for rep in range(reps + 1):
         for name, run in cases.items():
-            elapsed = seconds(run, device)
+            elapsed, used = seconds(run, device)
             if rep:
-                times[name].append(elapsed)
-    return times
+                wall[name].append(elapsed)
+                cpu[name].append(used)
+    return wall, cpu
 
 
 def replicated(setting: GridSetting, x: torch.Tensor, targets: Targets):
@@ -117,7 +121,7 @@ def bench_setting(adapter: ModelAdapter, name: str, grids: int, reps: int, steps
     with torch.no_grad():
         a = setting.prefix(rows, middle)
     ig_jobs = _jobs(setting, cells, ["middle"], [f"intgrad:steps={steps}"] if steps != 20 else ["intgrad"])
-    times = interleaved(
+    times, cpu = interleaved(
         {
             "floor": lambda: floor_pass(setting, net_rows, targets, grid, target, -1),
             "engine": lambda: compute_maps(setting, x, labels, cells, jobs, batch_size=grids),
@@ -128,6 +132,7 @@ def bench_setting(adapter: ModelAdapter, name: str, grids: int, reps: int, steps
         device,
     )
     med = {name: statistics.median(values) for name, values in times.items()}
+    med_cpu = {name: statistics.median(values) for name, values in cpu.items()}
     ratios = [e / f for e, f in zip(times["engine"], times["floor"])]
     ig_ratios = [i / (steps * f) for i, f in zip(times["intgrad"], times["suffix"])]
     return {
@@ -144,6 +149,12 @@ def bench_setting(adapter: ModelAdapter, name: str, grids: int, reps: int, steps
         "intgrad_s": med["intgrad"],
         "intgrad_ratio": med["intgrad"] / (steps * med["suffix"]),
         "intgrad_ratio_per_rep": ig_ratios,
+        "cpu_time": {
+            "floor_s": med_cpu["floor"],
+            "single_pass_ratio": med_cpu["engine"] / med_cpu["floor"],
+            "intgrad_floor_s": steps * med_cpu["suffix"],
+            "intgrad_ratio": med_cpu["intgrad"] / (steps * med_cpu["suffix"]),
+        },
     }
 
 
@@ -155,8 +166,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="intgrad steps")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="where the digits models are (trained on first use)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: leave as is)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     results = []
     for model in args.models.split(","):
@@ -171,7 +185,8 @@ def main() -> None:
             print(
                 f"{model:16s} {name:7s} rows {row['floor_rows']:3d}  floor {row['floor_s']:8.3f}s  "
                 f"six methods {row['single_pass_s']:8.3f}s  x{row['single_pass_ratio']:.2f}  |  intgrad floor "
-                f"{row['intgrad_floor_s']:8.3f}s  intgrad {row['intgrad_s']:8.3f}s  x{row['intgrad_ratio']:.2f}",
+                f"{row['intgrad_floor_s']:8.3f}s  intgrad {row['intgrad_s']:8.3f}s  x{row['intgrad_ratio']:.2f}  "
+                f"|  cpu-time ratios x{row['cpu_time']['single_pass_ratio']:.2f} x{row['cpu_time']['intgrad_ratio']:.2f}",
                 flush=True,
             )
     report = {

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from attrcli.cli.app import command, emit, err, progress_bar, split_list
+from attrcli.errors import UserError
 
 
 @command("attribute")
@@ -28,18 +29,37 @@ def attribute_command(
     wait: bool = typer.Option(False, "--wait", help="Wait for another process that holds an artifact's lock instead of exiting."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of paths."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Compute only shard i/N of the grid images (0-based); join with `attrcli merge`."),
+    launcher: str = typer.Option("inline", "--launcher", help="inline (this process), local or slurm (submitit job array of settings x shards, then merge)."),
+    shards: int = typer.Option(1, "--shards", help="With --launcher: shards per setting."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="With --launcher slurm: partition."),
+    gpus_per_task: int = typer.Option(0, "--gpus-per-task", help="With --launcher slurm: GPUs per task."),
+    time: int = typer.Option(60, "--time", help="With --launcher: time limit per task, minutes."),
+    array_parallelism: int = typer.Option(32, "--array-parallelism", help="With --launcher slurm: tasks running at once."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="With --launcher: return after submitting."),
 ) -> None:
     """Compute attribution maps, one artifact per setting/model/layer/method.
 
     Prints the artifact paths on stdout (pipe them into `attrcli score -`).
     """
     from attrcli.engine.attribute import attribute
+    from attrcli.engine.shards import parse_shard
 
+    if launcher != "inline":
+        from attrcli.cli.scale import launch_options, run_launch
+
+        if shard:
+            raise UserError("--shard is for one inline process; with --launcher use --shards N")
+        return run_launch(
+            launcher=launcher, options=launch_options(shards, partition, gpus_per_task, time, array_parallelism, no_wait),
+            grids=grids, setting=setting, model=model, layer=layer, method=method, heads=heads, device=device,
+            batch_size=batch_size, weights=weights, cache_dir=cache_dir, seed=seed, force=force, quiet=quiet, as_json=as_json,
+        )
     with progress_bar(quiet) as progress:
         results = attribute(
             grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method,
             heads=heads, device=device, batch_size=batch_size, force=force, wait=wait,
-            cache_root=cache_dir, weights=weights, seed=seed, progress=progress,
+            cache_root=cache_dir, weights=weights, seed=seed, progress=progress, shard=parse_shard(shard),
         )
     for result in results:
         err.print(f"{result.status:>10}  {result.key.label()}", highlight=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -14,7 +13,7 @@ from attrcli.cli.app import command, split_list
 
 @command("models")
 def models_command(
-    model: Optional[str] = typer.Option(
+    model: str | None = typer.Option(
         None, "--model", help="Only these models (comma list); also accepts module:Name."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),

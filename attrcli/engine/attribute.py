@@ -35,7 +35,8 @@ from attrcli.engine.jobs import (
     write_maps,
 )
 from attrcli.errors import UserError
-from attrcli.models.adapter import ModelAdapter
+from attrcli.models import MODELS, ModelAdapter, ModelSpec, create_model, state_dict_hash
+from attrcli.models import resolve_device as resolve_model_device
 from attrcli.settings import SETTINGS, GridSetting, create_setting
 from attrcli.store import artifact_lock
 
@@ -48,9 +49,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU; ``cpu``, ``cuda`` and ``cuda:N``."""
     if isinstance(device, torch.device):
         return device
-    from attrcli.models import resolve_device as resolve
-
-    return resolve(device)
+    return resolve_model_device(device)
 
 
 def _setting_names(setting: str | list[str]) -> list[str]:
@@ -65,8 +64,6 @@ def _setting_names(setting: str | list[str]) -> list[str]:
 
 def _weightless(model: str) -> ModelAdapter | None:
     """The registered model's adapter on the meta device (no weights), or None for a factory."""
-    from attrcli.models import MODELS, ModelSpec
-
     spec = MODELS.get(model)
     if not isinstance(spec, ModelSpec):
         return None
@@ -105,6 +102,7 @@ def attribute(
     weights: str | Path | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[AttributeResult]:
     """Compute (or reuse) one attribution artifact per (setting, layer, method) for a grid file.
 
@@ -112,6 +110,8 @@ def attribute(
     counts grid images per forward pass. Artifacts that are up to date (same grid file, weights
     and config) are skipped unless ``force``. A run killed after some chunks resumes from its
     checkpoints (also under ``force``: checkpoints are only kept for identical inputs and config).
+    ``shard=(i, N)`` computes only rows ``[i*count//N, (i+1)*count//N)`` of the grid file into
+    shard artifacts (:mod:`attrcli.engine.shards`; ``attrcli merge`` joins them).
     """
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
@@ -126,14 +126,20 @@ def attribute(
         preview = _weightless(model)
         if preview is not None:
             _settings(grid_file, names, preview, layers, heads)
-        from attrcli.models import create_model
-
         adapter = create_model(model, weights=weights, device=dev, cache_dir=cache_root, progress=progress)
     adapter.module.eval()
     adapter.to(dev)
+    if not adapter.weights_hash:
+        adapter.weights_hash = state_dict_hash(adapter.module.state_dict())
     settings, layer_names = _settings(grid_file, names, adapter, layers, heads)
 
     plans = [plan_jobs(grid_file, s, cells, layer_names, specs, cache_root) for s, cells in settings]
+    rows = None
+    if shard is not None:
+        from attrcli.engine.shards import shard_jobs, shard_rows
+
+        rows = shard_rows(grid_file.count, shard)
+        plans = [(shard_jobs(jobs, shard, cache_root), shard_jobs(derived, shard, cache_root)) for jobs, derived in plans]
     results: list[AttributeResult] = []
     todo: list[Job] = []
     for job in (job for jobs, derived in plans for job in jobs + derived):
@@ -148,7 +154,7 @@ def attribute(
             stack.enter_context(artifact_lock(job.path, wait=wait))
         for grid_setting, _ in settings:
             mine = [j for j in todo if j.setting is grid_setting and j.kind != "derived"]
-            results += _run_jobs(grid_file, mine, dev, batch_size, seed, progress)
+            results += _run_jobs(grid_file, mine, dev, batch_size, seed, progress, rows)
         derived = [j for j in todo if j.kind == "derived"]
         for i, job in enumerate(derived):
             write_derived(job)
@@ -204,15 +210,17 @@ def compute_maps(
 
 def _run_jobs(
     grid_file: GridFile, jobs: list[Job], dev: torch.device, batch_size: int, seed: int,
-    progress: Progress | None,
+    progress: Progress | None, rows: range | None = None,
 ) -> list[AttributeResult]:
     """Compute the jobs of one setting chunk by chunk, checkpointing each, then write them."""
     if not jobs:
         return []
     setting, cells = jobs[0].setting, jobs[0].cells
-    chunks = -(-grid_file.count // batch_size)
+    sharded = {} if rows is None else {"rows": [rows.start, rows.stop]}
+    rows = range(grid_file.count) if rows is None else rows
+    chunks = -(-len(rows) // batch_size)
     checkpoints = {
-        job: Checkpoint(job.path, {**job.identity, **job.inputs, "chunk": batch_size, "count": grid_file.count})
+        job: Checkpoint(job.path, {**job.identity, **job.inputs, "chunk": batch_size, "count": grid_file.count, **sharded})
         for job in jobs
     }
     resumed = {job for job in jobs if checkpoints[job].done()}
@@ -221,9 +229,9 @@ def _run_jobs(
     for c in range(chunks):
         pending = [job for job in jobs if not checkpoints[job].has(c)]
         if pending:
-            rows = slice(c * batch_size, min((c + 1) * batch_size, grid_file.count))
-            x = torch.from_numpy(grid_file.images[rows]).to(dev)
-            labels = torch.from_numpy(grid_file.labels[rows]).to(dev)
+            part = slice(rows.start + c * batch_size, min(rows.start + (c + 1) * batch_size, rows.stop))
+            x = torch.from_numpy(grid_file.images[part]).to(dev)
+            labels = torch.from_numpy(grid_file.labels[part]).to(dev)
             maps = compute_maps(setting, x, labels, cells, pending, batch_size=batch_size, seed=seed)
             for job in pending:
                 checkpoints[job].save(c, maps[job].detach().float().cpu().numpy())
@@ -234,7 +242,7 @@ def _run_jobs(
     for job in jobs:
         checkpoint = checkpoints[job]
         maps = np.concatenate([checkpoint.load(c) for c in range(chunks)])
-        write_maps(job, maps, grid_file, seconds=seconds, device=dev, batch_size=batch_size, seed=seed)
+        write_maps(job, maps, grid_file, seconds=seconds, device=dev, batch_size=batch_size, seed=seed, rows=rows)
         checkpoint.remove()
         results.append(AttributeResult(job.key, job.path, "resumed" if job in resumed else "computed"))
     return results

@@ -129,9 +129,13 @@ def up_to_date(job: Job) -> bool:
 
 def write_maps(
     job: Job, maps: np.ndarray, grid_file: GridFile, *, seconds: float, device: torch.device,
-    batch_size: int, seed: int,
+    batch_size: int, seed: int, rows: range | None = None,
 ) -> None:
-    """Write one attribution artifact (docs/artifacts.md); NaN or inf maps are refused."""
+    """Write one attribution artifact (docs/artifacts.md); NaN or inf maps are refused.
+
+    ``rows``: the grid-file rows the maps cover (a shard); default all.
+    """
+    index = np.arange(grid_file.count, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     if not np.isfinite(maps).all():
         raise RuntimeError(f"{job.key.label()}: maps hold NaN or inf; nothing written")
     setting = job.setting
@@ -139,10 +143,10 @@ def write_maps(
         job.path,
         data={
             "maps": maps.astype(np.float32, copy=False),
-            "grid_index": np.arange(grid_file.count, dtype=np.int64),
+            "grid_index": index,
             "cells": np.asarray(job.cells, dtype=np.int64),
             "heads": np.asarray([setting.head_of_cell(c) for c in job.cells], dtype=np.int64),
-            "classes": grid_file.labels[:, job.cells].astype(np.int64),
+            "classes": grid_file.labels[index][:, job.cells].astype(np.int64),
         },
         attrs={
             "grids": grid_file.name,

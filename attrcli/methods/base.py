@@ -133,6 +133,8 @@ def parse_method(text: str) -> MethodSpec:
     head, sep, tail = text.rpartition(":")
     if sep and "=" in tail:
         name, params_text = head, tail
+    elif sep and head in METHODS.names():
+        raise UserError(f"invalid method parameters {tail!r} in {text!r}: use {head}:key=value,...")
     else:
         name, params_text = text, ""
     params: dict[str, str] = {}

@@ -1,5 +1,6 @@
 """Models: the registry, torchvision's VGG/ResNet families and the embedded digits models."""
 
+from attrcli.models import digits, torchvision_models  # noqa: F401  (register the models)
 from attrcli.models.adapter import ModelAdapter
 from attrcli.models.registry import (
     MODELS,
@@ -12,7 +13,6 @@ from attrcli.models.registry import (
     resolve_device,
     state_dict_hash,
 )
-from attrcli.models import digits, torchvision_models  # noqa: E402,F401  (register the models)
 
 __all__ = [
     "MODELS",

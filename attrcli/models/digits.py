@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -169,7 +170,7 @@ def _load_cached(cache_dir: Path, name: str) -> StateDict | None:
         return None
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception:  # missing or damaged cache file: retrain
+    except Exception:  # noqa: BLE001 - missing or damaged cache file: retrain
         return None
     if not isinstance(state, dict) or state_dict_hash(state) != record.get("weights_hash"):
         return None

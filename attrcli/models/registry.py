@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ class DefaultWeights(Protocol):
     """Returns the state dict a spec uses when no weights are given."""
 
     def __call__(
-        self, spec: "ModelSpec", *, cache_dir: Path, progress: Progress | None
+        self, spec: ModelSpec, *, cache_dir: Path, progress: Progress | None
     ) -> StateDict: ...
 
 
@@ -140,7 +141,7 @@ def load_state_dict_file(path: Path | str) -> StateDict:
             f"{path} was refused: unpickling it would need to run code ({found[1]}), and attrcli "
             "only loads plain state dicts (torch.save(model.state_dict(), path))"
         ) from None
-    except Exception as exc:  # torch.load raises many types for corrupt files
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for corrupt files
         raise UserError(f"{path} is not a readable weights file: {_first_line(exc)}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]

@@ -14,7 +14,13 @@ import torch
 import torchvision
 
 from attrcli.errors import UserError
-from attrcli.models.registry import MODELS, ModelSpec, Progress, StateDict, load_state_dict_file
+from attrcli.models.registry import (
+    MODELS,
+    ModelSpec,
+    Progress,
+    StateDict,
+    load_state_dict_file,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,8 +1,8 @@
 """Deterministic training of the small digits classifiers.
 
 A plain function: it takes a module and tensors, reports progress through an optional callback and
-never prints. Everything random (initialisation is done by the caller; here: data order, shifts,
-dropout) comes from one seed, and deterministic algorithms are switched on for the duration, so
+never prints. Everything random (initialisation is done by the caller; here: data order,
+augmentation, dropout) comes from one seed, and deterministic algorithms are switched on for the duration, so
 two runs on the same machine give byte-identical weights.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -110,10 +110,10 @@ def train_classifier(
     progress: Progress | None = None,
     description: str = "training",
 ) -> TrainResult:
-    """Train ``module`` in place on CPU on images in [0, 1] with cross-entropy.
+    """Train ``module`` in place on images in [0, 1] on the CPU with cross-entropy.
 
     Plain cross-entropy (no label smoothing), so the model becomes confident: grids only use
-    images classified with softmax confidence >= 0.99 (supplement I.1). Returns the wall time.
+    images classified with softmax confidence >= 0.99 (supplement I.1). Returns the wall time and the last batch's loss.
     """
     start = time.perf_counter()
     normalize = _normalizer(mean, std)
@@ -132,7 +132,7 @@ def train_classifier(
         step = 0
         for _ in range(config.epochs):
             order = torch.randperm(n, generator=generator)
-            shifted = random_affine(
+            augmented = random_affine(
                 images,
                 generator,
                 max_shift=config.max_shift,
@@ -141,7 +141,7 @@ def train_classifier(
             )
             for first in range(0, n, config.batch_size):
                 idx = order[first : first + config.batch_size]
-                loss = F.cross_entropy(module(normalize(shifted[idx])), labels[idx])
+                loss = F.cross_entropy(module(normalize(augmented[idx])), labels[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -124,7 +124,10 @@ class GridSetting(ABC):
             return self.default_cells()
         if spec == "all":
             return list(range(cells_total))
-        items = [int(c) for c in spec.split(",")] if isinstance(spec, str) else list(spec)
+        try:
+            items = [int(c) for c in spec.split(",")] if isinstance(spec, str) else [int(c) for c in spec]
+        except (TypeError, ValueError):
+            items = []
         bad = [c for c in items if not 0 <= c < cells_total]
         if bad or not items or len(set(items)) != len(items):
             raise UserError(

@@ -18,7 +18,12 @@ import torchvision
 from torch import nn
 from torchvision.models.vgg import make_layers
 
+from attrcli.engine.attribute import compute_maps
+from attrcli.engine.grids import GridFile
+from attrcli.engine.jobs import plan_jobs
+from attrcli.methods import parse_method
 from attrcli.models.adapter import ModelAdapter, resnet_adapter, vgg_adapter
+from attrcli.settings import GridSetting
 from attrcli.store import write_artifact
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -109,6 +114,19 @@ def write_grids(
             "class_names": [str(i) for i in range(classes)],
         },
     )
+
+
+def engine_maps(
+    setting: GridSetting, x: torch.Tensor, labels: torch.Tensor, cells: list[int],
+    layers: list[str], methods: list[str], *, batch_size: int = 4,
+) -> dict[tuple[str, str], torch.Tensor]:
+    """The engine's maps ``(B, T, h, w)`` of one chunk, keyed by (layer, method spec)."""
+    grid_file = GridFile(Path("test.h5"), "test", np.empty(0), np.empty(0), setting.n,
+                         setting.model.cell_size, setting.variant, setting.model.num_classes, "")
+    specs = [parse_method(m) for m in methods]
+    jobs, _ = plan_jobs(grid_file, setting, cells, layers, specs, Path("unused"))
+    maps = compute_maps(setting, x, labels, cells, jobs, batch_size=batch_size)
+    return {(job.layer, job.spec.canonical()): value for job, value in maps.items()}
 
 
 def tiny_vgg_model() -> ModelAdapter:

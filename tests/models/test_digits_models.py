@@ -9,10 +9,15 @@ import pytest
 import torch
 
 import attrcli.data.digits as data
-from attrcli.models import create_model
-from attrcli.models import digits
+from attrcli.models import create_model, digits
 from attrcli.models.digits import DigitsVGG, cache_paths, train_digits_model
-from attrcli.models.training import TrainConfig, deterministic, predict, random_affine, train_classifier
+from attrcli.models.training import (
+    TrainConfig,
+    deterministic,
+    predict,
+    random_affine,
+    train_classifier,
+)
 
 
 def _tiny_data(n: int = 48):
@@ -84,14 +89,14 @@ def test_random_rotation_and_scale_are_seeded_and_stay_in_range():
 
 @pytest.fixture
 def quick_digits(monkeypatch):
-    """Digits training on 60 images for one epoch, so cache logic can be tested fast."""
+    """Digits training on 20 images for one epoch, so cache logic can be tested fast."""
     load = data.load_digits_split
     splits = []
 
     def small(split):
         splits.append(split)
         images, labels, idx = load(split)
-        return images[:60], labels[:60], idx[:60]
+        return images[:20], labels[:20], idx[:20]
 
     monkeypatch.setattr(data, "load_digits_split", small)
     for name in digits.RECIPES:

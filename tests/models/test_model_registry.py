@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from attrcli.errors import UserError
-from attrcli.models import MODELS, ModelAdapter, ModelSpec, create_model, describe_model, list_models
+from attrcli.models import (
+    MODELS,
+    ModelAdapter,
+    ModelSpec,
+    create_model,
+    describe_model,
+    list_models,
+)
 from attrcli.models.digits import DigitsVGG
 from attrcli.models.torchvision_models import hub_weights_path
 

@@ -1,0 +1,212 @@
+"""The speed benchmark's harness (benchmarks/bench_baseline.py) on a tiny model: the loop's maps
+agree with attrcli's where the methods are defined the same, a wrong map is caught, and the JSON
+and markdown reports are well formed. Nothing here checks a timing."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import _baseline_loop as loop  # noqa: E402
+import _baseline_work as work  # noqa: E402
+import bench_baseline as bench  # noqa: E402
+from attrcli.models.adapter import ModelAdapter, vgg_adapter  # noqa: E402
+
+CLASSES = 5
+REDUCED = work.Reduced(steps=3, masks=8, windows=3)  # windows=3 on 16 px: k=s=6, not flush
+
+
+class TinyVGG(nn.Module):
+    """Three conv layers (ReLU after each), 8-pixel cells to a 2×2 map, a two-layer classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.avgpool = nn.Identity()
+        self.classifier = nn.Sequential(nn.Linear(6 * 2 * 2, 8), nn.ReLU(), nn.Linear(8, CLASSES))
+
+
+def tiny_adapter() -> ModelAdapter:
+    """The tiny model with its last layer scaled up: gradients of order one, as in trained models,
+    far above the 1e-6 that pytorch-grad-cam adds to Grad-CAM++'s denominator (which dominates
+    at the 1e-4 gradients of the plain random initialisation)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = TinyVGG()
+    with torch.no_grad():
+        module.classifier[-1].weight.mul_(1000.0)
+    adapter = vgg_adapter(module, name="tiny", cell_size=8, mean=(0.5,) * 3, std=(0.25,) * 3, num_classes=CLASSES)
+    adapter.weights_hash = "tiny"
+    return adapter
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny ops on an oversubscribed machine stall with several threads; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory, one_thread) -> list[dict]:
+    pytest.importorskip("pytorch_grad_cam")
+    folder = tmp_path_factory.mktemp("bench")
+    adapter = tiny_adapter()
+    grids = {
+        variant: work.random_grid_file(folder / f"{variant}.h5", adapter, variant=variant, count=2, seed=1)
+        for variant in ("distinct", "corners")
+    }
+    plan = bench.Plan(grids=2, batch_size=4, reduced=REDUCED, loop_targets=None, repeats=1)
+    return bench.bench_model(adapter, grids, plan, folder, torch.device("cpu"), lambda line: None)
+
+
+def _keys(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["method"] != "together"]
+
+
+def test_every_key_is_measured_once(rows):
+    keys = _keys(rows)
+    assert len(keys) == len(bench.SETTINGS) * len(bench.LAYERS) * len(bench.METHODS)
+    assert len({(r["setting"], r["layer"], r["method"]) for r in keys}) == len(keys)
+    for r in keys:
+        assert r["targets"] == (4 if r["setting"] == "gridpg" else 2)
+        assert r["attributions"] == 2 * r["targets"]
+        assert r["speedup"] == pytest.approx(r["loop_s"] / r["attrcli_s"])
+        assert r["attrcli_per_s"] == pytest.approx(r["attributions"] / r["attrcli_s"])
+        assert r["floor_s"] > 0
+
+
+def test_maps_agree_where_methods_are_defined_the_same(rows):
+    for r in _keys(rows):
+        how = loop.comparison(r["method"], r["layer"])
+        expected = "not comparable" if how == "not comparable" else "agree"
+        assert r["agreement"]["status"] == expected, (r["setting"], r["layer"], r["method"], r["agreement"])
+    statuses = {(r["method"], r["layer"]): r["agreement"]["status"] for r in _keys(rows)}
+    assert statuses[("scorecam", "middle")] == "not comparable"
+    assert statuses[("ablationcam", "input")] == "not comparable"
+    assert statuses[("ablationcam", "final")] == "agree"
+
+
+def test_quick_parameters_reach_both_sides(rows):
+    specs = {(r["layer"], r["method"]): r["spec"] for r in _keys(rows) if r["setting"] == "gridpg"}
+    assert specs[("input", "intgrad")] == "intgrad:steps=3"
+    assert specs[("middle", "rise")] == "rise:masks=8"
+    assert specs[("input", "occlusion")] == "occlusion:k=6,s=6"  # 16-pixel grid, 3 windows per axis
+    assert specs[("final", "occlusion")] == "occlusion:k=3,s=3"  # 8-position map: not flush
+    assert specs[("input", "grad")] == "grad"
+
+
+def test_a_wrong_map_is_caught():
+    rng = np.random.default_rng(0)
+    ours = rng.standard_normal((2, 4, 6, 6))
+    assert loop.agreement("grad", "input", ours, ours.copy())["status"] == "agree"
+    wrong = ours.copy()
+    wrong[1, 2, 3, 3] += 0.1 * np.abs(ours).max()
+    result = loop.agreement("grad", "input", ours, wrong)
+    assert result["status"] == "differ" and result["max_diff"] == pytest.approx(0.1, rel=0.05)
+    # only the first targets the loop computed are compared
+    assert loop.agreement("ixg", "middle", ours, ours[:, :1].copy())["status"] == "agree"
+    assert loop.agreement("scorecam", "final", ours, wrong)["status"] == "not comparable"
+    assert "note" not in result
+
+
+def test_normalised_comparison_ignores_scale_but_not_shape():
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    ours = np.random.default_rng(1).standard_normal((1, 1, 4, 4)).astype(np.float32)
+    theirs = scale_cam_image(scale_cam_image(np.maximum(3.0 * ours[0], 0), (8, 8)))[None]
+    assert loop.agreement("gradcam", "middle", ours, theirs)["status"] == "agree"
+    assert loop.agreement("gradcam", "middle", ours[..., ::-1, :].copy(), theirs)["status"] == "differ"
+
+
+def test_occlusion_region_drops_positions_where_captum_lacks_the_flush_window():
+    assert loop.occlusion_region(16, 2, 1) == slice(0, 16)
+    assert loop.occlusion_region(56, 5, 2) == slice(0, 51)  # attrcli adds a window at 51
+    assert loop.occlusion_region(4, 9, 2) == slice(0, 4)  # kernel clipped to the map
+
+
+def test_capped_view_keeps_shapes_and_cuts_the_layer():
+    adapter = tiny_adapter()
+    view = work.capped(adapter, "middle", 2, 6)
+    x = torch.randn(1, 3, 8, 8)
+    index = adapter.layer_index("middle")
+    assert view.run_blocks(x, -1, index).shape[1] == 2
+    assert view.logits(x).shape == adapter.logits(x).shape
+    full = adapter.run_blocks(x, -1, index)
+    expected = adapter.head(adapter.run_blocks(torch.cat([full[:, :2], torch.zeros_like(full[:, 2:])], 1), index))
+    torch.testing.assert_close(view.logits(x), expected)
+    last = work.capped(adapter, "features.7", 3, 6)  # the last block: the head widens
+    assert last.logits(x).shape == (1, CLASSES)
+
+
+def test_summary_geometric_means_and_bars():
+    def row(model, speedup, status="agree"):
+        return {"model": model, "setting": "gridpg", "layer": "input", "method": "grad", "speedup": speedup,
+                "agreement": {"status": status, "max_diff": 0.0}}
+
+    summary = bench.summarise([row("vgg11", 2.0), row("vgg11", 32.0), row("resnet18", 8.0, "differ"),
+                               row("digits-vgg11", 0.5)])
+    assert summary["per_model"]["vgg11"]["geomean_speedup"] == pytest.approx(8.0)
+    assert summary["bar_geomean_speedup"] == pytest.approx(8.0)
+    assert summary["bar_geomean_met"] is True and summary["bar_none_slower_met"] is True
+    assert summary["overall_geomean_speedup"] == pytest.approx(4.0)
+    assert summary["slowest"]["model"] == "digits-vgg11"
+    assert summary["agreement"] == {"agree": 3, "differ": 1}
+    assert bench.summarise([row("vgg11", 0.9), row("resnet18", 90.0)])["bar_none_slower_met"] is False
+
+
+def test_report_files_are_well_formed(rows, tmp_path):
+    report = {"meta": bench.metadata("quick", torch.device("cpu"), (1.0, 1.0, 1.0)), "plans": {},
+              "rows": rows, "summary": bench.summarise(rows)}
+    json_path, md_path = bench.write_report(report, tmp_path)
+    data = json.loads(json_path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert data["meta"]["mode"] == "quick" and data["meta"]["cpu_count"] >= 1
+    assert len(data["rows"]) == len(rows)
+    assert data["summary"]["per_model"]["tiny"]["keys"] == len(_keys(rows))
+    lines = md_path.read_text().splitlines()
+    table = [line for line in lines if line.startswith("| tiny | gridpg") or line.startswith("| tiny | difull")]
+    assert len(table) == len(rows)
+    header = next(line for line in lines if line.startswith("| model | setting"))
+    assert all(line.count("|") == header.count("|") for line in table)
+
+
+def test_together_row_times_one_call_against_the_loop_sum(tmp_path, one_thread):
+    adapter = tiny_adapter()
+    grids = {"distinct": work.random_grid_file(tmp_path / "g.h5", adapter, variant="distinct", count=1)}
+    plan = bench.Plan(grids=1, batch_size=4, reduced=work.Reduced(steps=3), loop_targets=1, repeats=1,
+                      settings=("gridpg",), layers=("input", "final"), methods=("grad", "intgrad", "occlusion"))
+    rows = bench.bench_model(adapter, grids, plan, tmp_path, torch.device("cpu"), lambda line: None)
+    together = rows[-1]
+    assert together["method"] == "together" and len(rows) == 7
+    assert together["loop_s"] == pytest.approx(sum(r["loop_s"] for r in rows[:-1]))
+    assert together["attributions"] == 6 * 4
+    assert all(r["loop_targets_timed"] == 1 for r in rows[:-1])
+    lines = bench.markdown({"meta": bench.metadata("default", torch.device("cpu"), (0.0, 0.0, 0.0)),
+                            "rows": rows, "summary": bench.summarise(rows)}).splitlines()
+    assert sum("| together |" in line for line in lines) == 1
+
+
+def test_missing_grad_cam_is_a_clear_message(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)
+    with pytest.raises(loop.MissingBaseline, match="pip install grad-cam"):
+        loop.gradcam_module()
+    assert bench.main(["--methods", "gradcam", "--out-dir", str(tmp_path)]) == 2
+    assert "pip install grad-cam" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

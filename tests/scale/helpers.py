@@ -1,0 +1,34 @@
+"""Shared bits of the scale tests: a tiny grid file and model usable from subprocesses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tests.engine.helpers import write_grids
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "tests.engine.helpers:tiny_vgg_model"
+
+
+def grids(tmp: Path, count: int = 5, seed: int = 0) -> Path:
+    return write_grids(tmp / "g.h5", count=count, seed=seed)
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment in which a subprocess can import ``tests.engine.helpers``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def same_artifact(a, b) -> bool:
+    """Equal datasets (bit for bit) and attributes."""
+    return set(a.data) == set(b.data) and all(np.array_equal(a.data[k], b.data[k]) for k in a.data) and a.attrs == b.attrs
+
+
+def files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
