@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from collections.abc import Callable
 from math import ceil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,7 +162,7 @@ def capped(adapter: ModelAdapter, layer: str, k: int, channels: int) -> ModelAda
         following, block = blocks[index + 1]
         blocks[index + 1] = (following, _Widen(block, channels))
     else:
-        head = lambda features, inner=adapter.head: inner(_widen(features, channels))  # noqa: E731
+        head = lambda features, inner=adapter.head: inner(_widen(features, channels))
     return dataclasses.replace(adapter, blocks=blocks, head=head)
 
 
@@ -200,8 +201,8 @@ def perturbations(method: str, config: Any, setting: GridSetting, cells: list[in
 class Floors:
     """The passes each method cannot avoid for grid images ``x`` in one setting, timed alone:
 
-    - gradient methods: the prefix, then one forward+backward of the rest of the network over
-      the batch of heads (each grid image once per target; DiFull: once); intgrad: ``steps`` such;
+    - gradient methods: the prefix, then one forward of the rest of the network over the batch
+      and one backward per target (DiFull: one in all); intgrad: ``steps`` times that;
     - perturbation methods: the prefix, then one forward of the rest of the network (Score-CAM:
       the whole network) per perturbation (:func:`perturbations`); the cost of a row is timed on
       one batch of ``--batch-size`` units.
@@ -224,20 +225,21 @@ class Floors:
         return self._prefix[index]
 
     def backward(self, index: int) -> float:
-        """One forward+backward of the network after the layer over the batch of heads."""
+        """One forward of the network after the layer over the batch, then one backward per target
+        (DiFull: one for all, the heads being disconnected): the least autograd can do."""
         if index not in self._backward:
             setting, a = self.setting, self.prefix(index)[1]
             B, T = self.x.shape[0], len(self.cells)
-            grid, target, rows = torch.arange(B, device=self.device), None, a
-            if not setting.disconnected:
-                rows = a.repeat_interleave(T, 0)
-                grid, target = grid.repeat_interleave(T), torch.arange(T, device=self.device).repeat(B)
+            grid = torch.arange(B, device=self.device)
+            passes = [None] if setting.disconnected else [torch.full((B,), t, device=self.device) for t in range(T)]
 
             def run() -> None:
                 with torch.enable_grad():
-                    h = rows.detach().requires_grad_(True)
-                    values = target_logits(setting.suffix(h, index), self.targets, grid, target)
-                    torch.autograd.grad(values.sum(), h)
+                    h = a.detach().requires_grad_(True)
+                    logits = setting.suffix(h, index)
+                    for i, target in enumerate(passes):
+                        values = target_logits(logits, self.targets, grid, target)
+                        torch.autograd.grad(values.sum(), h, retain_graph=i < len(passes) - 1)
 
             self._backward[index] = measure(run, self.device)[0]
         return self._backward[index]

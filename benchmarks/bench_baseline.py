@@ -3,29 +3,35 @@
 Both sides do identical work: the same model and weights, the same grid file, the same evaluated
 targets (gridpg: the 4 cells of its head; difull: heads 0 and 3), the same layers and the same
 method parameters (attrcli's presets, or the reduced ``--quick`` values, given to both). attrcli
-runs as users run it: ``attribute(..., force=True)`` for one (setting, layer, method) key into a
-temporary cache, artifact written. The loop is described in ``_baseline_loop.py``. For each key
-the benchmark reports attributions per second of both, their ratio (the speed-up), attrcli's
-ratio to the method's compute floor (``_baseline_work.Floors``: the passes it cannot
-avoid, timed alone in the same run) and whether both sides' maps agree where the methods are
-defined the same. Times are wall times (``time.perf_counter``) of the complete work, the median
-of 3 runs where one run takes under a second. A *together* row per setting times one
-``attribute`` call for every method and layer at once (attrcli shares passes across keys)
-against the sum of the loop's times; it is skipped where the specs differ by layer.
+runs as users run it: ``attribute(..., force=True)`` into a temporary cache, artifacts written.
+The loop is described in ``_baseline_loop.py``. Per (setting, layer, method) key the benchmark
+reports attributions per second of both sides, their ratio (the speed-up), attrcli's ratio to
+the method's compute floor (``_baseline_work.Floors``: the passes it cannot avoid, timed alone
+in the same run) and whether both sides' maps agree where the methods are defined the same.
+
+attrcli is timed twice: *key by key* (one ``attribute`` call per key: no sharing across keys)
+and *together* (every key of a setting in the fewest calls, as a study runs: gradient methods
+share their passes across methods and layers). The summary gives the geometric mean speed-up key
+by key, and *in one call*: each key charged its share of the together time, in proportion to its
+time alone. Times are wall times (``time.perf_counter``) of the complete work, the median of 3
+runs where one run takes under a second.
 
 Modes:
 
 - default: attrcli's presets (intgrad 20 steps, rise 1000 masks, occlusion K/s per layer, every
-  channel), 2 grids for vgg11 / resnet18 and 8 for the digits models, every target of the loop
+  channel), 2 grids for vgg11 / resnet18 and 32 for the digits models, every target of the loop
   timed. Many hours on a 2-core CPU.
-- ``--quick``: 1 grid for vgg11 / resnet18 with intgrad 4 steps, rise 16 masks, occlusion 4×4
+- ``--quick``: vgg11 / resnet18 on 1 grid with intgrad 4 steps, rise 16 masks, occlusion 4×4
   windows per map (k = s = ⌈size/4⌉) and Score-CAM / Ablation-CAM on the first 8 channels of the
-  layer (``_baseline_work.capped``), on both sides; the loop is timed on the first target and
-  scaled to all (its targets cost the same by construction). Digits models: 2 grids, presets.
+  layer (``_baseline_work.capped``); digits models on 16 grids with rise 100 masks and 8×8
+  occlusion windows. Both sides get the same values; the loop is timed on the first target and
+  scaled to all (its targets cost the same by construction).
 
 Models: ``vgg11`` and ``resnet18`` with fixed-seed random weights on random normalised 448-pixel
 2×2 grids; ``digits-vgg11`` / ``digits-resnet18`` with their trained weights (trained on first use
 into ``--cache-dir``) on grids from the real digits pipeline, or ``--digits-weights random``.
+On a machine shared with other jobs use ``--threads 1``: several torch threads on oversubscribed
+cores stall unpredictably (small passes then vary 100-fold).
 
     pip install grad-cam                                    # the baseline (extra "bench")
     python benchmarks/bench_baseline.py --quick             # JSON + markdown in benchmarks/out/
@@ -36,34 +42,52 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _baseline_loop import LoopCase, MissingBaseline, agreement, gradcam_module, loop_maps, occlusion_region  # noqa: E402
-from _baseline_work import (  # noqa: E402
-    CHANNEL_METHODS, Floors, Reduced, capped, digits_grid_files, measure, method_spec,
+from _baseline_loop import (
+    LoopCase,
+    MissingBaseline,
+    agreement,
+    gradcam_module,
+    loop_maps,
+    occlusion_region,
+)
+from _baseline_report import (
+    finite,
+    markdown,
+    metadata,
+    summarise,
+    write_report,
+)
+from _baseline_work import (
+    CHANNEL_METHODS,
+    Floors,
+    Reduced,
+    capped,
+    digits_grid_files,
+    measure,
+    method_spec,
     random_grid_file,
 )
-from attrcli.engine.attribute import attribute, resolve_device  # noqa: E402
-from attrcli.engine.grids import load_grid_file  # noqa: E402
-from attrcli.methods import parse_method  # noqa: E402
-from attrcli.models import describe_model  # noqa: E402
-from attrcli.models.adapter import ModelAdapter  # noqa: E402
-from attrcli.settings import create_setting  # noqa: E402
-from attrcli.store import read_artifact  # noqa: E402
+
+from attrcli.engine.attribute import attribute, resolve_device
+from attrcli.engine.grids import load_grid_file
+from attrcli.methods import parse_method
+from attrcli.models import describe_model
+from attrcli.models.adapter import ModelAdapter
+from attrcli.settings import create_setting
+from attrcli.store import read_artifact
 
 OUT = Path(__file__).parent / "out"
 METHODS = ("grad", "guided-backprop", "ixg", "intgrad", "gradcam", "gradcam++", "layercam",
@@ -72,7 +96,6 @@ CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "ablationcam")
 LAYERS = ("input", "middle", "final")
 SETTINGS = ("gridpg", "difull")
 MODELS = ("vgg11", "resnet18", "digits-vgg11", "digits-resnet18")
-BAR_MODELS = ("vgg11", "resnet18")  # the issue's bar: geometric mean >= 5x over these
 QUICK = Reduced(steps=4, masks=16, windows=4, channels=8)  # --quick at 448 px
 QUICK_DIGITS = Reduced(masks=100, windows=8)  # --quick for the digits models
 N = 2
@@ -123,7 +146,7 @@ def bench_case(
     setting = create_setting(setting_name, model, N)
     cells = setting.default_cells()
     grid_file = load_grid_file(grid_path)
-    images = torch.from_numpy(grid_file.images).to(device)
+    images = torch.from_numpy(np.asarray(grid_file.images[:])).to(device)
     labels = grid_file.labels
     config = parse_method(spec).build(cell_size=model.cell_size, layer=layer).config
 
@@ -166,7 +189,7 @@ def bench_model(
         setting = create_setting(setting_name, adapter, N)
         grid_path = grid_paths[setting.variant]
         grid_file = load_grid_file(grid_path)
-        images = torch.from_numpy(grid_file.images).to(device)
+        images = torch.from_numpy(np.asarray(grid_file.images[:])).to(device)
         _warm_up(setting, images)
         shapes = _layer_shapes(setting, images, plan.layers)
         labels = torch.from_numpy(grid_file.labels).to(device)
@@ -184,144 +207,47 @@ def bench_model(
                     f"{agree['status']}" + (f" ({agree['max_diff']:.1e})" if "max_diff" in agree else "")
                 )
         rows += mine
-        specs = {method_spec(m, shapes[layer][1], plan.reduced) for m in plan.methods for layer in plan.layers}
-        if len(specs) == len(plan.methods):  # one spec per method at every layer
-            start = time.perf_counter()
-            attribute(
-                grids=grid_path, setting=setting_name, model=adapter, layers=list(plan.layers),
-                methods=sorted(specs), device=device, batch_size=plan.batch_size, force=True,
-                cache_root=work / "cache", seed=plan.seed,
-            )
-            ours_s = time.perf_counter() - start
-            loop_s = sum(r["loop_s"] for r in mine)
-            separate_s = sum(r["attrcli_s"] for r in mine)
-            rows.append({
-                "model": adapter.name, "setting": setting_name, "layer": "together", "method": "together",
-                "attrcli_s": ours_s, "attrcli_separate_s": separate_s, "loop_s": loop_s,
-                "speedup": loop_s / ours_s, "attributions": sum(r["attributions"] for r in mine),
-            })
-            log(f"{adapter.name:15s} {setting_name:6s} together: attrcli {ours_s:.2f}s (keys one by one "
-                f"{separate_s:.2f}s), loop {loop_s:.2f}s, x{loop_s / ours_s:.2f}")
+        rows.append(together(adapter, setting_name, grid_path, mine, shapes, plan, work, device))
+        r = rows[-1]
+        log(f"{adapter.name:15s} {setting_name:6s} together: attrcli {r['attrcli_s']:.2f}s in {r['calls']} "
+            f"call(s) (keys one by one {r['attrcli_separate_s']:.2f}s), loop {r['loop_s']:.2f}s, x{r['speedup']:.2f}")
     return rows
 
 
-def _geomean(values: list[float]) -> float | None:
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
-
-
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Geometric mean speed-up per model and over the bar's models, the slowest key, agreement."""
-    keys = [r for r in rows if r["method"] != "together"]
-
-    def slowest(selected):
-        worst = min(selected, key=lambda r: r["speedup"])
-        return {k: worst[k] for k in ("model", "setting", "layer", "method", "speedup")}
-
-    per_model = {}
-    for model in dict.fromkeys(r["model"] for r in keys):
-        mine = [r for r in keys if r["model"] == model]
-        per_model[model] = {"keys": len(mine), "geomean_speedup": _geomean([r["speedup"] for r in mine]),
-                            "slowest": slowest(mine)}
-    bar = [r for r in keys if r["model"] in BAR_MODELS]
-    statuses: dict[str, int] = {}
-    for r in keys:
-        statuses[r["agreement"]["status"]] = statuses.get(r["agreement"]["status"], 0) + 1
-    bar_geomean = _geomean([r["speedup"] for r in bar])
+def together(
+    adapter: ModelAdapter, setting_name: str, grid_path: Path, keys: list[dict[str, Any]],
+    shapes: dict[str, tuple[int, int, int]], plan: Plan, work: Path, device: torch.device,
+) -> dict[str, Any]:
+    """All keys of one setting in the fewest ``attribute`` calls (as a user runs the study): one
+    call for the specs shared by every layer, one per layer for specs that differ by layer, one per
+    layer for the channel-capped view. attrcli shares passes across the keys of a call."""
+    calls: list[tuple[ModelAdapter, list[str], list[str]]] = []
+    plain = [k for k in keys if not k["channels_capped"]]
+    by_layer = {layer: [k["spec"] for k in plain if k["layer"] == layer] for layer in plan.layers}
+    shared = [spec for spec in by_layer[plan.layers[0]] if all(spec in specs for specs in by_layer.values())]
+    if shared:
+        calls.append((adapter, list(plan.layers), shared))
+    for layer, specs in by_layer.items():
+        rest = [spec for spec in specs if spec not in shared]
+        if rest:
+            calls.append((adapter, [layer], rest))
+        cut = [k for k in keys if k["channels_capped"] and k["layer"] == layer]
+        if cut:
+            view = capped(adapter, layer, cut[0]["channels"], shapes[layer][0])
+            calls.append((view, [layer], [k["spec"] for k in cut]))
+    start = time.perf_counter()
+    for model, layers, specs in calls:
+        attribute(
+            grids=grid_path, setting=setting_name, model=model, layers=layers, methods=specs, device=device,
+            batch_size=plan.batch_size, force=True, cache_root=work / "cache", seed=plan.seed,
+        )
+    ours_s = time.perf_counter() - start
+    loop_s, separate_s = sum(k["loop_s"] for k in keys), sum(k["attrcli_s"] for k in keys)
     return {
-        "per_model": per_model,
-        "overall_geomean_speedup": _geomean([r["speedup"] for r in keys]),
-        "bar_models": list(BAR_MODELS),
-        "bar_geomean_speedup": bar_geomean,
-        "bar_geomean_met": None if bar_geomean is None else bar_geomean >= 5,
-        "bar_none_slower_met": None if not bar else all(r["speedup"] >= 1 for r in bar),
-        "slowest": slowest(keys) if keys else None,
-        "agreement": statuses,
-        "differ": [{k: r[k] for k in ("model", "setting", "layer", "method")} | {"max_diff": r["agreement"]["max_diff"]}
-                   for r in keys if r["agreement"]["status"] == "differ"],
-    }
-
-
-def _fmt(value: float | None, spec: str = ".2f") -> str:
-    return "–" if value is None else format(value, spec)
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """The report as markdown: conditions, summary, one table row per key."""
-    meta, summary = report["meta"], report["summary"]
-    lines = [
-        f"# attrcli vs the straightforward Captum / pytorch-grad-cam loop ({meta['mode']} mode)",
-        "",
-        f"{meta['date']}; device {meta['device']}; {meta['cpu_count']} CPUs, {meta['torch_threads']} torch "
-        f"threads; torch {meta['torch']}, captum {meta['captum']}, grad-cam {meta['grad_cam']}; load average "
-        f"{meta['load_before'][0]:.1f} before, {meta['load_after'][0]:.1f} after. {meta['note']}",
-        "",
-        "| model | keys | geometric mean speed-up | slowest key |",
-        "|---|---:|---:|---|",
-    ]
-    for model, s in summary["per_model"].items():
-        w = s["slowest"]
-        lines.append(f"| {model} | {s['keys']} | {_fmt(s['geomean_speedup'])}× | {w['method']} @ {w['layer']}, "
-                     f"{w['setting']}: {w['speedup']:.2f}× |")
-    lines += [
-        "",
-        f"Over {', '.join(summary['bar_models'])}: geometric mean {_fmt(summary['bar_geomean_speedup'])}× "
-        f"(bar ≥ 5×: {summary['bar_geomean_met']}); no key slower than the loop: {summary['bar_none_slower_met']}. "
-        f"All keys: {_fmt(summary['overall_geomean_speedup'])}×. Maps: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(summary["agreement"].items())) + ".",
-        "",
-        "| model | setting | layer | method | spec | attrcli attr/s | loop attr/s | speed-up | × floor | maps |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---|",
-    ]
-    for r in report["rows"]:
-        if r["method"] == "together":
-            lines.append(f"| {r['model']} | {r['setting']} | all | together | | {r['attributions'] / r['attrcli_s']:.3g} | "
-                         f"{r['attributions'] / r['loop_s']:.3g} | {r['speedup']:.2f}× | | |")
-            continue
-        a = r["agreement"]
-        maps = a["status"] + (f" ({a['max_diff']:.0e})" if a.get("max_diff") is not None else "")
-        spec = r["spec"] + (f" ({r['channels']} ch)" if r["channels_capped"] else "")
-        lines.append(f"| {r['model']} | {r['setting']} | {r['layer']} | {r['method']} | {spec} | "
-                     f"{r['attrcli_per_s']:.3g} | {r['loop_per_s']:.3g} | {r['speedup']:.2f}× | "
-                     f"{r['floor_ratio']:.2f} | {maps} |")
-    return "\n".join(lines) + "\n"
-
-
-def _finite(obj: Any) -> Any:
-    """JSON-safe: non-finite floats become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """``bench_baseline.json`` and ``bench_baseline.md`` in ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = _finite(report)
-    paths = out_dir / "bench_baseline.json", out_dir / "bench_baseline.md"
-    paths[0].write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    paths[1].write_text(markdown(report))
-    return paths
-
-
-def metadata(mode: str, device: torch.device, load_before) -> dict[str, Any]:
-    import captum
-
-    try:
-        from importlib.metadata import version
-
-        grad_cam = version("grad-cam")
-    except Exception:
-        grad_cam = "missing"
-    return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "mode": mode, "device": str(device),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "captum": captum.__version__, "grad_cam": grad_cam, "python": platform.python_version(),
-        "machine": platform.machine(), "load_before": list(load_before), "load_after": list(os.getloadavg()),
-        "note": "Shared machine, other jobs running: timings are noisy.",
+        "model": adapter.name, "setting": setting_name, "layer": "all", "method": "together",
+        "calls": len(calls), "attrcli_s": ours_s, "attrcli_separate_s": separate_s, "loop_s": loop_s,
+        "speedup": loop_s / ours_s, "sharing": separate_s / ours_s,
+        "attributions": sum(k["attributions"] for k in keys),
     }
 
 
@@ -404,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "default"
     report = {"meta": metadata(mode, device, load_before), "plans": plans, "rows": rows, "summary": summarise(rows)}
     json_path, md_path = write_report(report, args.out_dir)
-    print(markdown(_finite(report)).split("\n\n| model | setting")[0])
+    print(markdown(finite(report)).split("\n\n| model | setting")[0])
     print(f"wrote {json_path} and {md_path}")
     return 0
 

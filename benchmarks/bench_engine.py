@@ -7,8 +7,9 @@ Bars (issue "Settings, layers and the attribution engine"):
   (gradient of the target logits w.r.t. the input, no parameter gradients) over the replicated
   batch of heads, i.e. B·T rows in gridpg / dipart (each grid image once per target) and the B
   grid images (B·n² cells) in difull;
-- intgrad (20 steps) at the middle layer costs at most 1.2x *its* floor: steps x one
-  forward+backward of the network after the layer over the same replicated rows.
+- intgrad at the middle layer costs at most 1.2x *its* floor: steps x one forward+backward of
+  the network after the layer over the same replicated rows (20 steps on the digits models, 5
+  on the 448-pixel grids to keep the run short: fewer steps can only raise the ratio).
 
 The engine time is :func:`attrcli.engine.attribute.compute_maps` on one chunk, everything
 included (prefix, shared forward, per-target backward, guided backward, the methods' maps).
@@ -36,7 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from attrcli.engine.attribute import compute_maps, resolve_device
+from attrcli.engine.attribute import compute_maps, exact_float32, resolve_device
 from attrcli.engine.gradients import target_logits
 from attrcli.engine.grids import GridFile
 from attrcli.engine.jobs import plan_jobs
@@ -51,6 +52,9 @@ LAYERS = ("input", "middle", "final")
 SETTINGS = ("gridpg", "difull", "dipart")
 # grid images per chunk: the 32-pixel digits models are cheap, a 448-pixel VGG11 pass takes seconds
 GRIDS = {"digits-vgg11": 16, "digits-resnet18": 16, "vgg11": 1, "resnet18": 1}
+# intgrad steps: the paper's 20 for the digits models; 5 at 448 pixels to keep the run short. Fewer
+# steps can only raise the ratio (the prefix runs once per chunk, whatever the steps).
+STEPS = {"digits-vgg11": 20, "digits-resnet18": 20, "vgg11": 5, "resnet18": 5}
 
 
 def seconds(run: Callable[[], object], device: torch.device) -> tuple[float, float]:
@@ -158,37 +162,48 @@ def bench_setting(adapter: ModelAdapter, name: str, grids: int, reps: int, steps
     }
 
 
+def bench_model(model: str, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Every requested setting of one model; prints one line per setting."""
+    digits = model.startswith("digits-")
+    adapter = create_model(model, weights=None if digits else "random", device=device, cache_dir=args.cache_dir)
+    reps = (2 if digits else 1) if args.quick else (5 if digits else 3)
+    grids = args.grids or GRIDS.get(model, 1)
+    rows = []
+    for name in args.settings.split(","):
+        started = time.perf_counter()
+        steps = args.steps or STEPS.get(model, 20)
+        row = {"model": model, "reps": reps, **bench_setting(adapter, name, grids, reps, steps, device)}
+        row["wall_s"] = time.perf_counter() - started
+        rows.append(row)
+        print(
+            f"{model:16s} {name:7s} rows {row['floor_rows']:3d}  floor {row['floor_s']:8.3f}s  "
+            f"six methods {row['single_pass_s']:8.3f}s  x{row['single_pass_ratio']:.2f}  |  intgrad floor "
+            f"{row['intgrad_floor_s']:8.3f}s  intgrad {row['intgrad_s']:8.3f}s  x{row['intgrad_ratio']:.2f}  "
+            f"|  cpu-time ratios x{row['cpu_time']['single_pass_ratio']:.2f} x{row['cpu_time']['intgrad_ratio']:.2f}",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(GRIDS), help="comma list of registered models")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (2 instead of 5; 1 for 448-pixel grids)")
-    parser.add_argument("--steps", type=int, default=20, help="intgrad steps")
+    parser.add_argument("--steps", type=int, default=None, help="intgrad steps for every model (default: 20 digits, 5 at 448 px)")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="where the digits models are (trained on first use)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: leave as is)")
+    parser.add_argument("--grids", type=int, default=None, help="grid images per chunk for every model (default: 16 digits, 1 at 448 px)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     results = []
-    for model in args.models.split(","):
-        digits = model.startswith("digits-")
-        adapter = create_model(model, weights=None if digits else "random", device=device, cache_dir=args.cache_dir)
-        reps = (2 if digits else 1) if args.quick else (5 if digits else 3)
-        for name in args.settings.split(","):
-            started = time.perf_counter()
-            row = {"model": model, "reps": reps, **bench_setting(adapter, name, GRIDS.get(model, 1), reps, args.steps, device)}
-            row["wall_s"] = time.perf_counter() - started
-            results.append(row)
-            print(
-                f"{model:16s} {name:7s} rows {row['floor_rows']:3d}  floor {row['floor_s']:8.3f}s  "
-                f"six methods {row['single_pass_s']:8.3f}s  x{row['single_pass_ratio']:.2f}  |  intgrad floor "
-                f"{row['intgrad_floor_s']:8.3f}s  intgrad {row['intgrad_s']:8.3f}s  x{row['intgrad_ratio']:.2f}  "
-                f"|  cpu-time ratios x{row['cpu_time']['single_pass_ratio']:.2f} x{row['cpu_time']['intgrad_ratio']:.2f}",
-                flush=True,
-            )
+    with exact_float32():  # as the engine runs on CUDA: no TF32 (floors and engine alike)
+        for model in args.models.split(","):
+            results += bench_model(model, args, device)
     report = {
         "bars": {"single_pass_ratio": 2.5, "intgrad_ratio": 1.2},
         "device": str(device),

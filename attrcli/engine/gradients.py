@@ -1,5 +1,5 @@
-"""The shared gradient pass: one forward and one backward per target for every gradient method at
-every requested layer (SPEC §5).
+"""The shared gradient pass: one forward, and one backward per target, for every gradient method
+at every requested layer (SPEC §5).
 
 Under ML-Att the gradient of the rest of the network at layer L equals the gradient of the whole
 network at L, so one backward through the network yields the gradients at all layers at once.
@@ -50,14 +50,12 @@ def target_gradients(
 ) -> list[torch.Tensor]:
     """Gradients of the target logits with respect to each of ``inputs``, in grid layout.
 
-    The backward starts from the logits with a one-hot output gradient per target, which equals
-    differentiating the target logit and skips an indexing step in the backward.
-
     ``logits`` ``(U, heads, classes)`` come from network-layout ``inputs`` holding ``U`` units,
     unit ``u`` showing grid image ``grid[u]``. Each result is ``(U, T, C, h, w)`` with one
     backward per target in connected settings, or ``(U, 1, C, h, w)`` in DiFull: the gradient of
     the summed target logits, in which target ``t`` owns cell ``cells[t]`` alone (see
-    :func:`select_cells`).
+    :func:`select_cells`). Each backward starts from the logits with a one-hot output gradient,
+    which equals differentiating the target logit without an indexing step in the backward.
     """
     rows = torch.arange(len(grid), device=logits.device)
     if setting.disconnected:
@@ -132,6 +130,7 @@ def shared_gradients(
                 if index in every:
                     captured[index] = h
             logits = setting.heads(h)
+            activations = {i: setting.to_map(a.detach())[:, None] for i, a in captured.items() if i in every}
             rules = list(wanted)
             for position, name in enumerate(rules):
                 rule.guided = name == GUIDED
@@ -140,10 +139,7 @@ def shared_gradients(
                     retain_graph=position < len(rules) - 1,
                 )
                 out[name] = {
-                    i: LayerGradients(
-                        setting.to_map(captured[i].detach())[:, None],
-                        select_cells(setting, targets, g),
-                    )
+                    i: LayerGradients(activations[i], select_cells(setting, targets, g))
                     for i, g in zip(wanted[name], grads)
                 }
     return out

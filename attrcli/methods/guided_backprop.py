@@ -2,7 +2,9 @@
 
 The gradient with every ReLU passing back only positive gradients at positive inputs (Captum's
 ``GuidedBackprop``), absolute value, summed over channels (supplement H.2). At a hidden layer
-only the ReLUs after the layer matter, so one guided pass serves every layer.
+only the ReLUs after the layer matter, so one guided backward serves every layer; it reuses the
+forward of the plain gradient methods (:mod:`attrcli.engine.guided`). As in Captum, the ReLUs
+are the model's ``nn.ReLU`` modules: a functional ``F.relu`` backpropagates plainly.
 """
 
 from __future__ import annotations

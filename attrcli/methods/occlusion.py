@@ -14,15 +14,16 @@ straddling a cell border therefore spreads the target head's drop a little into 
 cell, less than one kernel width deep (the paper's near-perfect DiFull occlusion, supplement B.2).
 Only the network after the layer runs; evaluations are batched under ``--batch-size``.
 
-Presets (supplement H.2 for ImageNet-sized cells; smaller cells keep the fraction of a cell
-that a window covers, and the same overlap K/s = 2 at the input):
+Presets (supplement H.2 for ImageNet-sized cells; smaller cells scale the window with the cell,
+keeping the overlap K/s = 2 at the input, but never below 4×4 at stride 2 there: a 2-pixel
+window at stride 1 would cost 16× the evaluations for a window too small to hide a stroke):
 
 ============  ===========  ===============
 cell size     input        hidden layers
 ============  ===========  ===============
 ≥ 224 px      K=16, s=8    K=5, s=2
-32 px         K=2, s=1     K=2, s=1
-other c       K=max(2, round(16c/224)), s=max(1, round(8c/224)) at the input;
+32 px         K=4, s=2     K=2, s=1
+other c       K=max(4, round(16c/224)), s=max(2, round(8c/224)) at the input;
               K=max(2, round(5c/224)), s=max(1, round(2c/224)) deeper
 ============  ===========  ===============
 """
@@ -80,8 +81,9 @@ class Occlusion(Method):
     @classmethod
     def preset(cls, *, cell_size: int, layer: str) -> OcclusionConfig:
         scale = min(cell_size, PAPER_CELL) / PAPER_CELL
-        k, s = (16, 8) if layer == "input" else (5, 2)
-        return OcclusionConfig(k=max(2, round(k * scale)), s=max(1, round(s * scale)))
+        if layer == "input":  # at least 4×4 at stride 2 on small cells: 1/8 of a 32-pixel cell
+            return OcclusionConfig(k=max(4, round(16 * scale)), s=max(2, round(8 * scale)))
+        return OcclusionConfig(k=max(2, round(5 * scale)), s=max(1, round(2 * scale)))
 
     def attribute(self, ctx) -> torch.Tensor:
         a = ctx.activations

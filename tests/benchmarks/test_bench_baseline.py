@@ -5,7 +5,6 @@ and markdown reports are well formed. Nothing here checks a timing."""
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -17,10 +16,11 @@ from torch import nn
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-import _baseline_loop as loop  # noqa: E402
-import _baseline_work as work  # noqa: E402
-import bench_baseline as bench  # noqa: E402
-from attrcli.models.adapter import ModelAdapter, vgg_adapter  # noqa: E402
+import _baseline_loop as loop
+import _baseline_work as work
+import bench_baseline as bench
+
+from attrcli.models.adapter import ModelAdapter, vgg_adapter
 
 CLASSES = 5
 REDUCED = work.Reduced(steps=3, masks=8, windows=3)  # windows=3 on 16 px: k=s=6, not flush
@@ -156,6 +156,14 @@ def test_capped_view_keeps_shapes_and_cuts_the_layer():
     assert last.logits(x).shape == (1, CLASSES)
 
 
+def test_together_calls_group_specs_by_layer(rows):
+    together = {r["setting"]: r for r in rows if r["method"] == "together"}
+    # one call for the specs shared by all layers, one per layer for occlusion's k/s
+    assert together["gridpg"]["calls"] == together["difull"]["calls"] == 1 + len(bench.LAYERS)
+    for r in together.values():
+        assert r["attributions"] == sum(k["attributions"] for k in _keys(rows) if k["setting"] == r["setting"])
+
+
 def test_summary_geometric_means_and_bars():
     def row(model, speedup, status="agree"):
         return {"model": model, "setting": "gridpg", "layer": "input", "method": "grad", "speedup": speedup,
@@ -170,6 +178,10 @@ def test_summary_geometric_means_and_bars():
     assert summary["slowest"]["model"] == "digits-vgg11"
     assert summary["agreement"] == {"agree": 3, "differ": 1}
     assert bench.summarise([row("vgg11", 0.9), row("resnet18", 90.0)])["bar_none_slower_met"] is False
+    assert summary["bar_geomean_speedup_in_one_call"] is None  # no together rows
+    shared = bench.summarise([row("vgg11", 2.0), row("vgg11", 8.0),
+                              {"model": "vgg11", "setting": "gridpg", "method": "together", "sharing": 3.0}])
+    assert shared["per_model"]["vgg11"]["geomean_speedup_in_one_call"] == pytest.approx(12.0)
 
 
 def test_report_files_are_well_formed(rows, tmp_path):
@@ -181,7 +193,7 @@ def test_report_files_are_well_formed(rows, tmp_path):
     assert len(data["rows"]) == len(rows)
     assert data["summary"]["per_model"]["tiny"]["keys"] == len(_keys(rows))
     lines = md_path.read_text().splitlines()
-    table = [line for line in lines if line.startswith("| tiny | gridpg") or line.startswith("| tiny | difull")]
+    table = [line for line in lines if line.startswith(("| tiny | gridpg", "| tiny | difull"))]
     assert len(table) == len(rows)
     header = next(line for line in lines if line.startswith("| model | setting"))
     assert all(line.count("|") == header.count("|") for line in table)
@@ -195,6 +207,8 @@ def test_together_row_times_one_call_against_the_loop_sum(tmp_path, one_thread):
     rows = bench.bench_model(adapter, grids, plan, tmp_path, torch.device("cpu"), lambda line: None)
     together = rows[-1]
     assert together["method"] == "together" and len(rows) == 7
+    assert together["calls"] == 1  # every spec is the same at both layers
+    assert together["sharing"] == pytest.approx(together["attrcli_separate_s"] / together["attrcli_s"])
     assert together["loop_s"] == pytest.approx(sum(r["loop_s"] for r in rows[:-1]))
     assert together["attributions"] == 6 * 4
     assert all(r["loop_targets_timed"] == 1 for r in rows[:-1])

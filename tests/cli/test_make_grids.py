@@ -162,9 +162,9 @@ def test_cuda_without_cuda_is_a_user_error(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def digits_cache(tmp_path_factory) -> Path:
-    """One cache folder per session, so the digits models train once."""
-    return tmp_path_factory.mktemp("digits-cache")
+def digits_cache(trained_digits_cache) -> Path:
+    """The session's trained digits models (tests/fixtures_digits.py), so they train once."""
+    return trained_digits_cache
 
 
 @pytest.mark.slow

@@ -193,4 +193,3 @@ def test_structural_claims_on_the_trained_digits_models(name, trained_digits_cac
             np.testing.assert_allclose(_scores(value, [0, 1, 2, 3], 64), 0.25, rtol=0, atol=1e-7)
 
 
-from tests.fixtures_digits import trained_digits_cache  # noqa: E402,F401  (the session fixture)

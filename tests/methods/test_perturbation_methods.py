@@ -316,7 +316,7 @@ def test_difull_scorecam_weights_come_from_the_explained_cell():
 def test_presets_and_validation():
     assert Occlusion.preset(cell_size=224, layer="input") == OcclusionConfig(k=16, s=8)
     assert Occlusion.preset(cell_size=224, layer="middle") == OcclusionConfig(k=5, s=2)
-    assert Occlusion.preset(cell_size=32, layer="input") == OcclusionConfig(k=2, s=1)
+    assert Occlusion.preset(cell_size=32, layer="input") == OcclusionConfig(k=4, s=2)
     assert Occlusion.preset(cell_size=32, layer="final") == OcclusionConfig(k=2, s=1)
     assert RISE.preset(cell_size=224, layer="input") == RISEConfig(masks=1000, s=6, p=0.1)
     assert parse_method("occlusion:k=4,s=2").build(cell_size=32, layer="input").config == OcclusionConfig(4, 2)

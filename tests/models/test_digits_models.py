@@ -157,9 +157,5 @@ def test_trained_models_are_accurate_and_reproducible(trained_digits_cache, tmp_
         probs = predict(adapter.module, images, mean=adapter.mean, std=adapter.std)
         accuracy = float((probs.argmax(1) == labels).float().mean())
         assert accuracy == pytest.approx(record["heldout_accuracy"]) and accuracy >= 0.97
-        again = train_digits_model(name, cache_dir=tmp_path)
-        assert again["weights_hash"] == record["weights_hash"]
-        first = torch.load(cache_paths(trained_digits_cache, name)[0], weights_only=True)
-        second = torch.load(cache_paths(tmp_path, name)[0], weights_only=True)
-        assert first.keys() == second.keys()
-        assert all(torch.equal(first[k], second[k]) for k in first)
+        assert record["weights_hash"] == adapter.weights_hash
+    # Determinism of the training itself is checked fast in test_training_is_deterministic_and_seeded.

@@ -1,0 +1,66 @@
+"""``attrcli run``: the whole study on a small preset, then a cached second run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+from typer.testing import CliRunner
+
+from attrcli.cli.main import app
+from attrcli.study import PRESETS, StudyPreset, scaled_kernels
+
+TINY = StudyPreset(
+    name="tiny-digits", dataset="digits", models=("digits-vgg11", "digits-resnet18"), cell_size=32,
+    layers=("input", "final"), methods=("grad", "ixg", "intgrad", "gradcam", "occlusion"),
+    count_distinct=6, count_corners=6, batch_size=16, smoothgrad=("smoothgrad-ixg",),
+    smoothgrad_settings=("gridpg",),
+)
+if "tiny-digits" not in PRESETS.names():
+    PRESETS.register("tiny-digits")(TINY)
+
+
+def test_kernels_scale_from_448_pixel_grids():
+    assert scaled_kernels(448) == (9, 17, 33, 65, 129, 257)
+    assert scaled_kernels(64) == (3, 5, 9, 19, 37)
+    assert all(k % 2 == 1 for k in scaled_kernels(100))
+
+
+def test_unknown_preset_and_bad_weights_exit_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "--preset", "nope"])
+    assert result.exit_code == 2 and "unknown study preset 'nope'" in result.output
+    result = runner.invoke(app, ["run", "--weights", "vgg11"])
+    assert result.exit_code == 2 and "MODEL=FILE" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_run_writes_report_then_only_redraws(tmp_path, monkeypatch, trained_digits_cache):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(trained_digits_cache / "models", tmp_path / "cache" / "models")
+    runner = CliRunner()
+    args = ["run", "--preset", "tiny-digits", "--device", "cpu", "--json", "--quiet"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    import json
+
+    report = json.loads(first.stdout)
+    assert report["computed"] > 0
+    summary = Path(report["summary"]).read_text()
+    for expected in ("## gridpg · digits-vgg11", "## difull · digits-resnet18", "Best median per layer",
+                     "## Structural findings", "s-ixg:k=3"):
+        assert expected in summary
+    # DiFull gradients at the input localize perfectly: the summary states it from the data.
+    assert "DiFull, input: grad, ixg, intgrad localize perfectly" in summary
+    names = {Path(f).name for f in report["figures"]}
+    assert {"boxes.png", "smoothing.png", "aggatt-gridpg-digits-vgg11.png"} <= names
+    for figure in report["figures"]:
+        pixels = mpimg.imread(figure)
+        assert pixels.std() > 0.01  # not blank
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.stdout)["computed"] == 0
