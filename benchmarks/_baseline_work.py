@@ -217,7 +217,7 @@ class Floors:
         self.units = setting.n**2 if setting.disconnected else 1
         self._prefix: dict[int, tuple[float, torch.Tensor]] = {}
         self._backward: dict[int, float] = {}
-        self._row: dict[int, float] = {}
+        self._row: dict[tuple[int, int], float] = {}
 
     def prefix(self, index: int) -> tuple[float, torch.Tensor]:
         if index not in self._prefix:
@@ -244,13 +244,16 @@ class Floors:
             self._backward[index] = measure(run, self.device)[0]
         return self._backward[index]
 
-    def row(self, start: int) -> float:
-        """Seconds per network row of a forward from layer ``start`` (-1: the whole network)."""
-        if start not in self._row:
-            setting, model, u = self.setting, self.setting.model, self.units
+    def row(self, start: int, count: int) -> float:
+        """Seconds per network row of a forward from layer ``start`` (-1: the whole network), timed
+        on one batch of ``count`` rows or of ``--batch-size`` units if fewer (per-row cost on a CPU
+        depends on the batch)."""
+        u = self.units
+        chunk = min(count, self.batch_size * u)
+        if (start, chunk) not in self._row:
+            setting, model = self.setting, self.setting.model
             source = setting.split(self.x) if start == -1 else self.prefix(start)[1]
             source = source[:u]  # the rows of one grid image (DiFull: its cells)
-            chunk = self.batch_size * u
             rows = source.repeat(ceil(chunk / len(source)), 1, 1, 1)[:chunk]
 
             def run() -> torch.Tensor:
@@ -259,8 +262,8 @@ class Floors:
                         return model.head(model.run_blocks(rows, start))
                     return setting.suffix(rows, start)
 
-            self._row[start] = measure(run, self.device)[0] / chunk
-        return self._row[start]
+            self._row[start, chunk] = measure(run, self.device)[0] / chunk
+        return self._row[start, chunk]
 
     def seconds(self, layer: str, method: str, config: Any, channels: int) -> float:
         """The floor of one (layer, method); ``channels``: Score-CAM / Ablation-CAM perturbations."""
@@ -271,4 +274,4 @@ class Floors:
         if method in CHANNEL_METHODS:
             a = a[:, :channels]
         count = self.x.shape[0] * perturbations(method, config, self.setting, self.cells, a)
-        return prefix_s + count * self.row(-1 if method == "scorecam" else index)
+        return prefix_s + count * self.row(-1 if method == "scorecam" else index, count)

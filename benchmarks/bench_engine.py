@@ -41,7 +41,7 @@ from attrcli.engine.attribute import compute_maps, exact_float32, resolve_device
 from attrcli.engine.gradients import target_logits
 from attrcli.engine.grids import GridFile
 from attrcli.engine.jobs import plan_jobs
-from attrcli.methods import MethodSpec
+from attrcli.methods import parse_method
 from attrcli.models import create_model
 from attrcli.models.adapter import ModelAdapter
 from attrcli.settings import GridSetting, Targets, create_setting
@@ -104,7 +104,7 @@ def floor_pass(setting: GridSetting, rows: torch.Tensor, targets: Targets, grid,
 def _jobs(setting: GridSetting, cells: list[int], layers: list[str], methods: list[str]):
     grid_file = GridFile(Path("bench.h5"), "bench", np.empty(0), np.empty(0), setting.n,
                          setting.model.cell_size, setting.variant, setting.model.num_classes, "")
-    jobs, _ = plan_jobs(grid_file, setting, cells, layers, [MethodSpec(m) for m in methods], Path("unused"))
+    jobs, _ = plan_jobs(grid_file, setting, cells, layers, [parse_method(m) for m in methods], Path("unused"))
     return jobs
 
 
@@ -137,6 +137,7 @@ def bench_setting(adapter: ModelAdapter, name: str, grids: int, reps: int, steps
     )
     med = {name: statistics.median(values) for name, values in times.items()}
     med_cpu = {name: statistics.median(values) for name, values in cpu.items()}
+    fastest = {name: min(values) for name, values in times.items()}
     ratios = [e / f for e, f in zip(times["engine"], times["floor"])]
     ig_ratios = [i / (steps * f) for i, f in zip(times["intgrad"], times["suffix"])]
     return {
@@ -153,6 +154,8 @@ def bench_setting(adapter: ModelAdapter, name: str, grids: int, reps: int, steps
         "intgrad_s": med["intgrad"],
         "intgrad_ratio": med["intgrad"] / (steps * med["suffix"]),
         "intgrad_ratio_per_rep": ig_ratios,
+        "single_pass_ratio_of_minima": fastest["engine"] / fastest["floor"],
+        "intgrad_ratio_of_minima": fastest["intgrad"] / (steps * fastest["suffix"]),
         "cpu_time": {
             "floor_s": med_cpu["floor"],
             "single_pass_ratio": med_cpu["engine"] / med_cpu["floor"],

@@ -98,19 +98,21 @@ class AttributionContext:
         return values.detach(), grad
 
     def target_gradients(
-        self, a: torch.Tensor, grid: torch.Tensor, *, retain_graph: bool = False
+        self, a: torch.Tensor, grid: torch.Tensor, *, retain_graph: bool = False,
+        scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of network-layout rows ``a`` (units of grid images ``grid``) and the gradient of
         every target's logit w.r.t. ``a``, in grid layout: ``(U, T, C, h, w)``, or ``(U, 1, C, h,
         w)`` in DiFull where all targets share one backward (:meth:`select_cells` splits it).
 
-        One forward serves every target of a unit, however many heads are evaluated.
+        One forward serves every target of a unit, however many heads are evaluated. ``scale``
+        ``(U,)`` multiplies each unit's gradients (e.g. by quadrature weights).
         """
         with torch.enable_grad():
             a = a.detach().requires_grad_(True)
             logits = self.suffix_logits(a)
             (grad,) = target_gradients(
-                self.setting, logits, self.targets, grid, [a], retain_graph=retain_graph
+                self.setting, logits, self.targets, grid, [a], retain_graph=retain_graph, scale=scale
             )
         return logits.detach(), grad
 

@@ -47,6 +47,7 @@ def target_gradients(
     inputs: Sequence[torch.Tensor],
     *,
     retain_graph: bool = False,
+    scale: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Gradients of the target logits with respect to each of ``inputs``, in grid layout.
 
@@ -55,19 +56,21 @@ def target_gradients(
     backward per target in connected settings, or ``(U, 1, C, h, w)`` in DiFull: the gradient of
     the summed target logits, in which target ``t`` owns cell ``cells[t]`` alone (see
     :func:`select_cells`). Each backward starts from the logits with a one-hot output gradient,
-    which equals differentiating the target logit without an indexing step in the backward.
+    which equals differentiating the target logit without an indexing step in the backward;
+    ``scale`` ``(U,)`` multiplies each unit's one-hot, hence its gradients, at no cost.
     """
     rows = torch.arange(len(grid), device=logits.device)
+    value = torch.ones(len(grid), dtype=logits.dtype, device=logits.device) if scale is None else scale
     if setting.disconnected:
         pick = torch.zeros_like(logits)
-        pick[rows[:, None], targets.heads[None], targets.classes[grid]] = 1
+        pick[rows[:, None], targets.heads[None], targets.classes[grid]] = value[:, None].to(logits.dtype)
         grads = torch.autograd.grad(logits, list(inputs), pick, retain_graph=retain_graph)
         return [setting.to_map(g)[:, None] for g in grads]
     per_input: list[list[torch.Tensor]] = [[] for _ in inputs]
     count = targets.count
     for t in range(count):
         pick = torch.zeros_like(logits)
-        pick[rows, targets.heads[t], targets.classes[grid, t]] = 1
+        pick[rows, targets.heads[t], targets.classes[grid, t]] = value.to(logits.dtype)
         grads = torch.autograd.grad(
             logits, list(inputs), pick, retain_graph=retain_graph or t < count - 1
         )

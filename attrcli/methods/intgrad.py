@@ -62,9 +62,8 @@ class IntegratedGradients(Method):
         for start in range(0, pairs, ctx.batch_size):
             index = torch.arange(start, min(start + ctx.batch_size, pairs), device=ctx.device)
             grid, step = index // steps, index % steps
-            scaled = units[grid] * alphas[step].view(-1, 1, 1, 1, 1)
-            _, grad = ctx.target_gradients(scaled.flatten(0, 1), grid)
-            grad = grad * weights[step].view(-1, 1, 1, 1, 1)
+            scaled = units.index_select(0, grid).mul_(alphas[step].view(-1, 1, 1, 1, 1))
+            _, grad = ctx.target_gradients(scaled.flatten(0, 1), grid, scale=weights[step])
             if total is None:
                 total = grad.new_zeros((grids, *grad.shape[1:]))
             total.index_add_(0, grid, grad)

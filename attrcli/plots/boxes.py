@@ -41,13 +41,14 @@ GUIDE = {"linestyle": ":", "linewidth": 1.2, "color": "0.35", "zorder": 0}
 def build_boxes(*, score_paths: list[Path]) -> Figure:
     """The box-plot figure of the score artifacts (or the scores of attribution artifacts)."""
     sets = load_scores(score_paths)
-    rows = list(dict.fromkeys((s.key.grids, s.key.model) for s in sets))
-    several_grids = len({grids for grids, _ in rows}) > 1
+    # One row per model and one column per setting: GridPG and DiFull/DiPart read different grid
+    # files (distinct / corners), which still belong in one row.
+    rows = list(dict.fromkeys(s.key.model for s in sets))
     settings = order_settings(s.key.setting for s in sets)
     colours = method_colours(s.key.method for s in sets)
     width = max(
         _panel_width(
-            [s for s in sets if (s.key.grids, s.key.model) == row and s.key.setting == setting]
+            [s for s in sets if s.key.model == row and s.key.setting == setting]
         )
         for row in rows
         for setting in settings
@@ -55,14 +56,12 @@ def build_boxes(*, score_paths: list[Path]) -> Figure:
     fig = new_figure(width * len(settings) + 2.4, 2.8 * len(rows) + 0.6)
     axes = fig.subplots(len(rows), len(settings), squeeze=False, sharey=True)
     collapsed = False
-    for r, (grids, model) in enumerate(rows):
+    for r, model in enumerate(rows):
         for c, setting in enumerate(settings):
             ax = axes[r][c]
-            panel = [
-                s for s in sets
-                if (s.key.grids, s.key.model, s.key.setting) == (grids, model, setting)
-            ]
-            title = f"{setting} · {model}" + (f" · {grids}" if several_grids else "")
+            panel = [s for s in sets if (s.key.model, s.key.setting) == (model, setting)]
+            grids = sorted({s.key.grids for s in panel})
+            title = f"{setting} · {model}" + (f" · {', '.join(grids)}" if len(grids) > 1 else "")
             if not panel:
                 empty_panel(ax, f"no scores for\n{title}")
                 continue
