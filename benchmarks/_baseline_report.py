@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,14 @@ def metadata(mode: str, device: torch.device, load_before) -> dict[str, Any]:
         grad_cam = version("grad-cam")
     except PackageNotFoundError:
         grad_cam = "missing"
+    cpu = platform.processor()
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "mode": mode, "device": str(device),
+        "cpu": cpu, "command": " ".join(sys.argv),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "captum": captum.__version__, "grad_cam": grad_cam, "python": platform.python_version(),
         "machine": platform.machine(), "load_before": list(load_before), "load_after": list(os.getloadavg()),

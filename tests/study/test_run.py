@@ -14,8 +14,8 @@ from attrcli.study import PRESETS, StudyPreset, scaled_kernels
 
 TINY = StudyPreset(
     name="tiny-digits", dataset="digits", models=("digits-vgg11", "digits-resnet18"), cell_size=32,
-    layers=("input", "final"), methods=("grad", "ixg", "intgrad", "gradcam", "occlusion"),
-    count_distinct=6, count_corners=6, batch_size=16, smoothgrad=("smoothgrad-ixg",),
+    layers=("input", "final"), methods=("grad", "ixg", "intgrad", "gradcam"),
+    count_distinct=4, count_corners=4, batch_size=16, smoothgrad=("smoothgrad-ixg",),
     smoothgrad_settings=("gridpg",),
 )
 if "tiny-digits" not in PRESETS.names():
