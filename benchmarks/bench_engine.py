@@ -7,9 +7,8 @@ Bars (issue "Settings, layers and the attribution engine"):
   (gradient of the target logits w.r.t. the input, no parameter gradients) over the replicated
   batch of heads, i.e. B·T rows in gridpg / dipart (each grid image once per target) and the B
   grid images (B·n² cells) in difull;
-- intgrad at the middle layer costs at most 1.2x *its* floor: steps x one forward+backward of
-  the network after the layer over the same replicated rows (20 steps on the digits models, 5
-  on the 448-pixel grids to keep the run short: fewer steps can only raise the ratio).
+- intgrad (20 steps) at the middle layer costs at most 1.2x *its* floor: steps x one
+  forward+backward of the network after the layer over the same replicated rows.
 
 The engine time is :func:`attrcli.engine.attribute.compute_maps` on one chunk, everything
 included (prefix, shared forward, per-target backward, guided backward, the methods' maps).
@@ -52,9 +51,6 @@ LAYERS = ("input", "middle", "final")
 SETTINGS = ("gridpg", "difull", "dipart")
 # grid images per chunk: the 32-pixel digits models are cheap, a 448-pixel VGG11 pass takes seconds
 GRIDS = {"digits-vgg11": 16, "digits-resnet18": 16, "vgg11": 1, "resnet18": 1}
-# intgrad steps: the paper's 20 for the digits models; 5 at 448 pixels to keep the run short. Fewer
-# steps can only raise the ratio (the prefix runs once per chunk, whatever the steps).
-STEPS = {"digits-vgg11": 20, "digits-resnet18": 20, "vgg11": 5, "resnet18": 5}
 
 
 def seconds(run: Callable[[], object], device: torch.device) -> tuple[float, float]:
@@ -174,8 +170,7 @@ def bench_model(model: str, args: argparse.Namespace, device: torch.device) -> l
     rows = []
     for name in args.settings.split(","):
         started = time.perf_counter()
-        steps = args.steps or STEPS.get(model, 20)
-        row = {"model": model, "reps": reps, **bench_setting(adapter, name, grids, reps, steps, device)}
+        row = {"model": model, "reps": reps, **bench_setting(adapter, name, grids, reps, args.steps, device)}
         row["wall_s"] = time.perf_counter() - started
         rows.append(row)
         print(
@@ -193,7 +188,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(GRIDS), help="comma list of registered models")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (2 instead of 5; 1 for 448-pixel grids)")
-    parser.add_argument("--steps", type=int, default=None, help="intgrad steps for every model (default: 20 digits, 5 at 448 px)")
+    parser.add_argument("--steps", type=int, default=20, help="intgrad steps (fewer can only raise the intgrad ratio: the prefix runs once per chunk)")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="where the digits models are (trained on first use)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: leave as is)")
