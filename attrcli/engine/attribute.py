@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from attrcli.engine.checkpoint import Checkpoint
+from attrcli.engine.checkpoint import Checkpoint, InMemory
 from attrcli.engine.context import AttributionContext
 from attrcli.engine.gradients import GUIDED, PLAIN, shared_gradients
 from attrcli.engine.grids import GridFile, check_fit, load_grid_file
@@ -50,6 +50,28 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if isinstance(device, torch.device):
         return device
     return resolve_model_device(device)
+
+
+@contextmanager
+def channels_last(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Convolution weights in channels-last layout while maps are computed on the CPU.
+
+    oneDNN's channels-last convolutions are faster on this kind of CPU (measured: the forward of
+    VGG11 on a 448-pixel grid 1.5-1.7× faster, ResNet18 1.4×, their backwards 1.1-1.6×); the
+    activations follow the weights' layout, so inputs need no change. The original weight
+    tensors are put back on exit. Not applied on CUDA, where it was not measured.
+    """
+    saved = []
+    if device.type == "cpu":
+        for param in module.parameters():
+            if param.dim() == 4 and not param.is_contiguous(memory_format=torch.channels_last):
+                saved.append((param, param.data))
+                param.data = param.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for param, data in saved:
+            param.data = data
 
 
 @contextmanager
@@ -170,6 +192,7 @@ def attribute(
         for job in todo:
             stack.enter_context(artifact_lock(job.path, wait=wait))
         stack.enter_context(exact_float32())
+        stack.enter_context(channels_last(adapter.module, dev))
         for grid_setting, _ in settings:
             mine = [j for j in todo if j.setting is grid_setting and j.kind != "derived"]
             results += _run_jobs(grid_file, mine, dev, batch_size, seed, progress, rows)
@@ -203,7 +226,8 @@ def compute_maps(
     layers: dict[str, list[int]] = defaultdict(list)
     for job in gradient_jobs:
         layers[GUIDED if job.method.guided else PLAIN].append(job.layer_index)
-    grads = shared_gradients(setting, x, targets, layers)
+    whole = {job.layer_index for job in gradient_jobs if job.method.whole_grid}
+    grads = shared_gradients(setting, x, targets, layers, whole=whole)
     for job in gradient_jobs:
         found = grads[GUIDED if job.method.guided else PLAIN][job.layer_index]
         out[job] = job.method.from_gradients(found.activations, found.gradients)
@@ -238,7 +262,9 @@ def _run_jobs(
     rows = range(grid_file.count) if rows is None else rows
     chunks = -(-len(rows) // batch_size)
     checkpoints = {
-        job: Checkpoint(job.path, {**job.identity, **job.inputs, "chunk": batch_size, "count": grid_file.count, **sharded})
+        job: InMemory(job.path) if chunks == 1 else Checkpoint(
+            job.path, {**job.identity, **job.inputs, "chunk": batch_size, "count": grid_file.count, **sharded}
+        )
         for job in jobs
     }
     resumed = {job for job in jobs if checkpoints[job].done()}

@@ -3,7 +3,8 @@
 Each artifact being computed has a folder ``<artifact>.partial/`` holding ``meta.json`` (the
 config the chunks belong to) and one ``chunk-<i>.npy`` per finished chunk of grid images, each
 written to a temporary name and renamed. A chunk file is therefore either complete or absent,
-even after SIGKILL. A folder whose meta does not match the current run is discarded.
+even after SIGKILL. A folder whose meta does not match the current run is discarded. A job of
+a single chunk has nothing to resume: :class:`InMemory` holds its maps without touching disk.
 """
 
 from __future__ import annotations
@@ -60,3 +61,32 @@ class Checkpoint:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class InMemory:
+    """The :class:`Checkpoint` interface for a job of one chunk: nothing to resume, nothing written.
+
+    A folder left by an earlier run of the same artifact (another ``--batch-size``) is removed
+    with :meth:`remove`, as a finished :class:`Checkpoint` removes its own.
+    """
+
+    def __init__(self, artifact: Path) -> None:
+        self.folder = artifact.with_name(artifact.name + ".partial")
+        self.chunks: dict[int, np.ndarray] = {}
+
+    def has(self, chunk: int) -> bool:
+        return chunk in self.chunks
+
+    def save(self, chunk: int, maps: np.ndarray) -> None:
+        self.chunks[chunk] = maps
+
+    def load(self, chunk: int) -> np.ndarray:
+        return self.chunks[chunk]
+
+    def done(self) -> list[int]:
+        return []
+
+    def remove(self) -> None:
+        self.chunks.clear()
+        if self.folder.exists():
+            shutil.rmtree(self.folder, ignore_errors=True)

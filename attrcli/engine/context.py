@@ -55,11 +55,36 @@ class AttributionContext:
 
     @cached_property
     def activations(self) -> torch.Tensor:
-        """Activations at the layer in network layout (the prefix runs once per batch)."""
+        """Activations at the layer in network layout, every row (the prefix runs once per batch)."""
         if self._activations is not None:
             return self._activations
+        rows = self.setting.target_rows(self.targets, self.grids)
+        if rows is None or "evaluated" not in self.__dict__:
+            with torch.no_grad():
+                return self.setting.prefix(self.x, self.layer_index)
+        # the target rows are already computed: run the prefix on the other rows only
+        net = self.setting.split(self.x)
+        others = torch.ones(len(net), dtype=torch.bool, device=self.device)
+        others[rows] = False
+        full = self.evaluated.clone()
         with torch.no_grad():
-            return self.setting.prefix(self.x, self.layer_index)
+            full[others] = self.setting.model.run_blocks(net[others], -1, self.layer_index)
+        return full
+
+    @cached_property
+    def evaluated(self) -> torch.Tensor:
+        """The layer's activations as perturbations read them, network layout: in DiFull only the
+        rows of the target cells are computed (the others are zero: no head that is evaluated
+        sees them); elsewhere, and once :attr:`activations` exists, the same tensor."""
+        rows = self.setting.target_rows(self.targets, self.grids)
+        if rows is None or self._activations is not None or "activations" in self.__dict__ or self.layer_index < 0:
+            return self.activations
+        net = self.setting.split(self.x)
+        with torch.no_grad():
+            part = self.setting.model.run_blocks(net[rows], -1, self.layer_index)
+        out = part.new_zeros((len(net), *part.shape[1:]))
+        out[rows] = part
+        return out
 
     def explained_units(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Grid and target index of each unit to explain; target ``None`` in DiFull (all)."""
@@ -115,6 +140,33 @@ class AttributionContext:
                 self.setting, logits, self.targets, grid, [a], retain_graph=retain_graph, scale=scale
             )
         return logits.detach(), grad
+
+    def cell_gradients(
+        self, a: torch.Tensor, grid: torch.Tensor, target: torch.Tensor, *, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """DiFull: the gradient of each cell row's own head logit w.r.t. the row, in one backward.
+
+        Row ``i`` of ``a`` (network layout at this layer) is the cell of target ``target[i]`` in
+        grid image ``grid[i]``; ``scale`` ``(R,)`` multiplies each row's gradient.
+        """
+        model = self.setting.model
+        with torch.enable_grad():
+            a = a.detach().requires_grad_(True)
+            logits = model.head(model.run_blocks(a, self.layer_index))  # (R, classes)
+            pick = torch.zeros_like(logits)
+            value = torch.ones(len(a), dtype=logits.dtype, device=a.device) if scale is None else scale
+            pick[torch.arange(len(a), device=a.device), self.targets.classes[grid, target]] = value.to(logits.dtype)
+            (grad,) = torch.autograd.grad(logits, a, pick)
+        return grad
+
+    def cells_to_map(self, maps: torch.Tensor) -> torch.Tensor:
+        """DiFull maps ``(B, T, h, w)`` of each target's own cell to grid layout ``(B, T, H, W)``,
+        zero outside the target's cell."""
+        B, T, h, w = maps.shape
+        n2 = self.setting.n**2
+        full = maps.new_zeros(B, T, n2, h, w)
+        full[:, torch.arange(T, device=maps.device), self.targets.cells] = maps
+        return self.setting.to_map(full.transpose(1, 2).reshape(B * n2, T, h, w))
 
     def select_cells(self, maps: torch.Tensor) -> torch.Tensor:
         """DiFull ``(U, 1, ...)`` grid-layout tensors to ``(U, T, ...)``, each target keeping its

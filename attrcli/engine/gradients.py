@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import torch
 
@@ -90,6 +90,27 @@ def select_cells(setting: GridSetting, targets: Targets, maps: torch.Tensor) -> 
     return maps * mask.view(shape)
 
 
+def _scatter(part: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tensor:
+    """Network-layout rows ``part`` placed at ``rows`` of a zero tensor of ``total`` rows."""
+    out = part.new_zeros((total, *part.shape[1:]))
+    out[rows] = part
+    return out
+
+
+def _cell_gradients(
+    setting: GridSetting, features: torch.Tensor, targets: Targets, rows: torch.Tensor,
+    inputs: Sequence[torch.Tensor], *, retain_graph: bool,
+) -> list[torch.Tensor]:
+    """DiFull on target cells alone: the gradient of each cell row's own head logit (row ``r``
+    shows target ``r % T`` of grid image ``r // T``) w.r.t. each of ``inputs``, in one backward."""
+    logits = setting.model.head(features)  # (R, classes)
+    count = targets.count
+    index = torch.arange(len(rows), device=logits.device)
+    pick = torch.zeros_like(logits)
+    pick[index, targets.classes[index // count, index % count]] = 1
+    return list(torch.autograd.grad(logits, list(inputs), pick, retain_graph=retain_graph))
+
+
 @dataclass(frozen=True)
 class LayerGradients:
     """Activations and per-target gradients at one layer, in grid layout."""
@@ -103,12 +124,20 @@ def shared_gradients(
     x: torch.Tensor,
     targets: Targets,
     layers: Mapping[str, Sequence[int]],
+    *,
+    whole: Collection[int] = (),
 ) -> dict[str, dict[int, LayerGradients]]:
     """Activations and gradients at the requested layers for each backward rule.
 
     ``layers`` maps a rule (``"plain"``, ``"guided"``) to block indices (-1 for the input). The
     prefix up to the earliest requested layer runs without a graph; one forward from there serves
     every rule and layer, and each rule's backward stops at its own earliest layer.
+
+    In DiFull only the target cells' rows run (:meth:`GridSetting.target_rows`): every other
+    cell has zero gradient for every target. Their activations are computed too (without a
+    graph, up to the deepest such layer) only at the layers in ``whole``, for maps that weigh
+    the whole stitched map (Grad-CAM's channel weights); elsewhere they are left at zero, which
+    no map that is zero where its gradient is zero can see.
     """
     wanted = {rule: sorted(set(indices)) for rule, indices in layers.items() if indices}
     if not wanted:
@@ -119,32 +148,64 @@ def shared_gradients(
     first = min(indices[0] for indices in wanted.values())
     every = {i for indices in wanted.values() for i in indices}
     grid = torch.arange(x.shape[0], device=x.device)
+    net = setting.split(x)
+    rows = setting.target_rows(targets, x.shape[0])
+    blocks = setting.model.blocks
     rule = BackwardRule()
     patch = switchable_relus(setting.model.module, rule) if GUIDED in wanted else nullcontext()
     out: dict[str, dict[int, LayerGradients]] = {}
     with patch:
         with torch.no_grad():
-            h = setting.prefix(x, first)
+            h = setting.model.run_blocks(net if rows is None else net[rows], -1, first)
         with torch.enable_grad():
             h = h.detach().requires_grad_(True)
             captured = {first: h}
-            for index in range(first + 1, len(setting.model.blocks)):
-                h = setting.model.blocks[index][1](h)
+            for index in range(first + 1, len(blocks)):
+                h = blocks[index][1](h)
                 if index in every:
                     captured[index] = h
-            logits = setting.heads(h)
-            activations = {i: setting.to_map(a.detach())[:, None] for i, a in captured.items() if i in every}
+            if rows is None:
+                logits = setting.heads(h)
+                activations = {i: a.detach() for i, a in captured.items() if i in every}
+            else:
+                activations = _whole_rows(setting, net, rows, captured, every, set(whole))
+            activations = {i: setting.to_map(a)[:, None] for i, a in activations.items()}
             rules = list(wanted)
             for position, name in enumerate(rules):
                 rule.guided = name == GUIDED
-                grads = target_gradients(
-                    setting, logits, targets, grid, [captured[i] for i in wanted[name]],
-                    retain_graph=position < len(rules) - 1,
-                )
+                inputs = [captured[i] for i in wanted[name]]
+                retain = position < len(rules) - 1
+                if rows is None:
+                    grads = target_gradients(setting, logits, targets, grid, inputs, retain_graph=retain)
+                else:
+                    grads = _cell_gradients(setting, h, targets, rows, inputs, retain_graph=retain)
+                    grads = [setting.to_map(_scatter(g, rows, len(net)))[:, None] for g in grads]
                 out[name] = {
                     i: LayerGradients(activations[i], select_cells(setting, targets, g))
                     for i, g in zip(wanted[name], grads)
                 }
+    return out
+
+
+def _whole_rows(
+    setting: GridSetting, net: torch.Tensor, rows: torch.Tensor, captured: Mapping[int, torch.Tensor],
+    every: set[int], whole: set[int],
+) -> dict[int, torch.Tensor]:
+    """Network-layout activations of every row at the ``every`` layers, from the target rows'
+    ``captured`` ones: the other rows are computed at the ``whole`` layers, zero elsewhere."""
+    out = {i: _scatter(a.detach(), rows, len(net)) for i, a in captured.items() if i in every}
+    if -1 in out:
+        out[-1] = net
+    deeper = sorted(i for i in whole & every if i >= 0)
+    if deeper:
+        others = torch.ones(len(net), dtype=torch.bool, device=net.device)
+        others[rows] = False
+        with torch.no_grad():
+            h = net[others]
+            for index in range(deeper[-1] + 1):
+                h = setting.model.blocks[index][1](h)
+                if index in deeper:
+                    out[index][others] = h
     return out
 
 
@@ -159,5 +220,5 @@ def gradient_pass(
     """Activations ``(B, 1, C, h, w)`` and gradients ``(B, T, C, h, w)`` per layer, grid layout,
     of one backward rule (see :func:`shared_gradients`, which serves several rules at once)."""
     rule = GUIDED if guided else PLAIN
-    result = shared_gradients(setting, x, targets, {rule: layer_indices}).get(rule, {})
+    result = shared_gradients(setting, x, targets, {rule: layer_indices}, whole=layer_indices).get(rule, {})
     return {i: (r.activations, r.gradients) for i, r in result.items()}

@@ -110,7 +110,7 @@ def perturbed_scores(
     if fill is not None:
         out = fill[:, :, None].expand(B, T, items).clone()
     else:
-        out = torch.zeros(B, T, items, device=ctx.device, dtype=ctx.activations.dtype)
+        out = torch.zeros(B, T, items, device=ctx.device, dtype=ctx.evaluated.dtype)
     step = ctx.batch_size * ctx.units_per_grid
     with torch.no_grad():
         for start in range(0, len(grid), step):
@@ -126,7 +126,7 @@ def perturbed_scores(
 
 def reference_scores(ctx: AttributionContext, *, softmax: bool = False) -> torch.Tensor:
     """Unperturbed target scores ``(B, T)`` of the layer's activations."""
-    a = ctx.activations
+    a = ctx.evaluated
     return perturbed_scores(
         ctx, 1, lambda g, t, i: a[row_index(ctx, g, t)], layer_index=ctx.layer_index, softmax=softmax
     )[..., 0]

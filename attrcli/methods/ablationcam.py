@@ -31,7 +31,7 @@ class AblationCAM(Method):
     kind = "model"
 
     def attribute(self, ctx) -> torch.Tensor:
-        a = ctx.activations
+        a = ctx.evaluated  # in DiFull only the target cells' rows: all that is perturbed
         channels = torch.arange(a.shape[1], device=ctx.device)
 
         def build(grid, target, channel):

@@ -37,6 +37,9 @@ class Method:
             the shared pass), ``"model"`` (runs the network itself) or ``"derived"`` (from the
             cached maps of ``base``).
         guided: gradients come from the guided-backprop pass instead of the plain one.
+        whole_grid: a gradient method whose map of a DiFull head reads activations outside the
+            head's cell (channel weights over the stitched map, as Grad-CAM); the others are
+            zero wherever the gradient is, so the engine runs only the target cells for them.
         base: for derived methods, the method whose maps they transform.
         Config: a frozen dataclass of parameters (one comment per field).
     """
@@ -44,6 +47,7 @@ class Method:
     name: ClassVar[str]
     kind: ClassVar[str] = "gradient"
     guided: ClassVar[bool] = False
+    whole_grid: ClassVar[bool] = False
     base: ClassVar[str | None] = None
     Config: ClassVar[type] = NoConfig
 

@@ -17,6 +17,7 @@ from attrcli.methods.base import METHODS, Method
 @METHODS.register("gradcam")
 class GradCAM(Method):
     name = "gradcam"
+    whole_grid = True
 
     def from_gradients(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         weights = gradients.mean(dim=(-2, -1), keepdim=True)

@@ -19,6 +19,7 @@ from attrcli.methods.base import METHODS, Method
 @METHODS.register("gradcam++")
 class GradCAMPlusPlus(Method):
     name = "gradcam++"
+    whole_grid = True
 
     def from_gradients(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         positive = gradients.clamp(min=0)

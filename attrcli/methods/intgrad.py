@@ -7,7 +7,8 @@ the rest of the network (ML-Att): Captum's ``IntegratedGradients`` applied to th
 network. Deliberate difference from Captum's ``LayerIntegratedGradients``: the baseline is zero
 *at the layer*, not the layer's response to a zero image. The prefix runs once per batch; the
 (grid image, step) pairs are batched under ``--batch-size``, and each forward serves every
-evaluated target of its grid image (one backward per target).
+evaluated target of its grid image (one backward per target). In DiFull only the target cells
+run, each scored by its own head in one backward (the other cells cannot move it).
 """
 
 from __future__ import annotations
@@ -52,20 +53,27 @@ class IntegratedGradients(Method):
 
     def attribute(self, ctx: AttributionContext) -> torch.Tensor:
         alphas, weights = integration_points(self.config.steps, self.config.rule)
-        a = ctx.activations  # (B·u, C, h, w), the prefix ran once
+        a = ctx.evaluated  # (B·u, C, h, w), the prefix ran once
         alphas = torch.tensor(alphas, dtype=a.dtype, device=ctx.device)
         weights = torch.tensor(weights, dtype=a.dtype, device=ctx.device)
-        grids, steps, per = ctx.grids, len(alphas), ctx.units_per_grid
-        units = a.view(grids, per, *a.shape[1:])
-        total: torch.Tensor | None = None  # Σ weight · gradient, grid layout (B, T', C, H, W)
-        pairs = grids * steps  # (grid image, step) pairs, one unit each
-        for start in range(0, pairs, ctx.batch_size):
+        rows = ctx.setting.target_rows(ctx.targets, ctx.grids)  # DiFull: the target cells alone
+        units = (a if rows is None else a[rows]).view(ctx.grids, -1, *a.shape[1:])
+        count, steps, pairs = ctx.targets.count, len(alphas), ctx.grids * len(alphas)
+        total: torch.Tensor | None = None  # Σ weight · gradient per grid image
+        for start in range(0, pairs, ctx.batch_size):  # (grid image, step) pairs
             index = torch.arange(start, min(start + ctx.batch_size, pairs), device=ctx.device)
             grid, step = index // steps, index % steps
             scaled = units.index_select(0, grid).mul_(alphas[step].view(-1, 1, 1, 1, 1))
-            _, grad = ctx.target_gradients(scaled.flatten(0, 1), grid, scale=weights[step])
-            if total is None:
-                total = grad.new_zeros((grids, *grad.shape[1:]))
+            if rows is None:
+                _, grad = ctx.target_gradients(scaled.flatten(0, 1), grid, scale=weights[step])
+            else:  # row i of a pair is its target i's cell, scored by that target's head
+                slot = torch.arange(count, device=ctx.device).repeat(len(index))
+                grad = ctx.cell_gradients(
+                    scaled.flatten(0, 1), grid.repeat_interleave(count), slot,
+                    scale=weights[step].repeat_interleave(count),
+                ).view_as(scaled)
+            total = grad.new_zeros((ctx.grids, *grad.shape[1:])) if total is None else total
             total.index_add_(0, grid, grad)
-        maps = ctx.setting.to_map(a)[:, None] * total
-        return ctx.select_cells(maps).sum(2)
+        if rows is None:
+            return ctx.select_cells(ctx.setting.to_map(a)[:, None] * total).sum(2)
+        return ctx.cells_to_map((units * total).sum(2))

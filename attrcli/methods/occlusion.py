@@ -86,7 +86,7 @@ class Occlusion(Method):
         return OcclusionConfig(k=max(2, round(5 * scale)), s=max(1, round(2 * scale)))
 
     def attribute(self, ctx) -> torch.Tensor:
-        a = ctx.activations
+        a = ctx.evaluated  # in DiFull only the target cells' rows: all that is perturbed
         H, W = ctx.setting.to_map(a[: ctx.units_per_grid]).shape[-2:]
         ky, kx, s = min(self.config.k, H), min(self.config.k, W), self.config.s
         ys, xs = window_starts(H, ky, s), window_starts(W, kx, s)

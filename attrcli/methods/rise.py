@@ -86,7 +86,7 @@ class RISE(Method):
         return RISEConfig() if cell_size >= 224 else RISEConfig(masks=250)
 
     def attribute(self, ctx) -> torch.Tensor:
-        a = ctx.activations
+        a = ctx.evaluated  # in DiFull only the target cells' rows: all that is perturbed
         size = tuple(ctx.setting.to_map(a[: ctx.units_per_grid]).shape[-2:])
         masks = MaskSource(self.config, size, ctx.seed, ctx.device)
         cell_h, cell_w = a.shape[-2:]

@@ -41,7 +41,7 @@ class ScoreCAM(Method):
     kind = "model"
 
     def attribute(self, ctx) -> torch.Tensor:
-        a = ctx.activations  # (B·u, C, h, w)
+        a = ctx.evaluated  # (B·u, C, h, w); in DiFull only the target cells' rows are read
         images = ctx.setting.split(ctx.x)  # the image in network layout, one row per unit or cell
         size = tuple(images.shape[-2:])
 

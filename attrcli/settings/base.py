@@ -12,6 +12,7 @@ small functions, and everything else (ML-Att prefixes and suffixes, target selec
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -145,6 +146,15 @@ class GridSetting(ABC):
         heads = torch.tensor([self.head_of_cell(c) for c in cells], dtype=torch.long, device=labels.device)
         return Targets(heads=heads, cells=cell_t, classes=labels[:, cell_t])
 
+    def target_rows(self, targets: Targets, grids: int) -> torch.Tensor | None:
+        """Network-layout rows that the targets of ``grids`` grid images depend on, or ``None``
+        when every row matters. Disconnected settings: the target cells' rows, grid-major
+        (row ``r`` shows target ``r % T`` of grid image ``r // T``)."""
+        if not self.disconnected:
+            return None
+        first = torch.arange(grids, device=targets.cells.device)[:, None] * self.n**2
+        return (first + targets.cells[None]).reshape(-1)
+
     def cell_mask(self, cells: torch.Tensor, size: tuple[int, int], device=None) -> torch.Tensor:
         """Boolean masks ``(T, h, w)``: the region of each target cell in a map of ``size``."""
         h, w = size
@@ -154,12 +164,23 @@ class GridSetting(ABC):
         return cell_of[None] == cells.to(device)[:, None, None]
 
 
+_FEATURE_SIZES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, tuple[int, int]]]" = weakref.WeakKeyDictionary()
+
+
 def final_feature_size(model: ModelAdapter, size: int) -> tuple[int, int]:
     """Height and width of the final feature map for one ``size``-pixel image.
 
     Traced on the meta device with meta copies of each block's parameters, so it costs nothing
     whatever the model; a block that cannot be traced that way runs for real on a zero image.
+    Remembered per model module and size (shapes do not depend on the weights).
     """
+    known = _FEATURE_SIZES.setdefault(model.module, {})
+    if size not in known:
+        known[size] = _trace_feature_size(model, size)
+    return known[size]
+
+
+def _trace_feature_size(model: ModelAdapter, size: int) -> tuple[int, int]:
     try:
         x = torch.empty(1, 3, size, size, device="meta")
         for _, block in model.blocks:

@@ -202,3 +202,55 @@ def test_user_models_given_as_module_attr_and_layer_all(workdir):
     assert [r.key.layer for r in results] == ["input", *model.stage_layers]
     assert all(r.key.model == "tiny-vgg" for r in results)
     assert read_artifact(results[-1].path).data["maps"].shape == (2, 4, 4, 4)
+
+
+def test_a_single_chunk_writes_no_checkpoint_and_clears_a_stale_one(workdir, model, monkeypatch):
+    grids = write_grids(Path("g.h5"), count=4)
+    run = dict(grids=grids, setting="gridpg", model=model, layers="input", methods="grad")
+    original = Gradient.from_gradients
+    state = {"calls": 0}
+
+    def dies(self, a, g):
+        state["calls"] += 1
+        if state["calls"] > 1:
+            raise RuntimeError("killed")
+        return original(self, a, g)
+
+    monkeypatch.setattr(Gradient, "from_gradients", dies)
+    with pytest.raises(RuntimeError):
+        attribute(**run, batch_size=2)  # chunk 0 of 2 checkpointed, then killed
+    (stale,) = Path("cache").rglob("*.partial")
+    monkeypatch.setattr(Gradient, "from_gradients", original)
+
+    def no_checkpoint(*args, **kwargs):
+        raise AssertionError("a job of one chunk has nothing to resume")
+
+    monkeypatch.setattr(engine, "Checkpoint", no_checkpoint)
+    (result,) = attribute(**run, batch_size=4)
+    assert result.status == "computed" and not stale.exists()
+    assert sorted(p.name for p in Path("cache").rglob("*") if p.is_file()) == ["grad.h5", "grad.h5.lock"]
+
+
+def test_maps_are_computed_channels_last_and_the_weights_are_put_back(workdir, model, monkeypatch):
+    grids = write_grids(Path("g.h5"), count=3)
+    weights = {name: (p.data_ptr(), p.stride()) for name, p in model.module.named_parameters()}
+    seen = []
+    compute = engine.compute_maps
+
+    def spying(setting, x, *args, **kwargs):
+        conv = next(p for p in setting.model.module.parameters() if p.dim() == 4)
+        seen.append(conv.is_contiguous(memory_format=torch.channels_last))
+        return compute(setting, x, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "compute_maps", spying)
+    results = attribute(grids=grids, setting="gridpg", model=model, layers="input,final", methods="grad,gradcam")
+    assert seen == [True]
+    assert {name: (p.data_ptr(), p.stride()) for name, p in model.module.named_parameters()} == weights
+    setting = create_setting("gridpg", model, 2)
+    x = torch.from_numpy(read_artifact(grids).data["images"])
+    labels = torch.from_numpy(read_artifact(grids).data["labels"])
+    plain = engine_maps(setting, x, labels, [0, 1, 2, 3], ["input", "final"], ["grad", "gradcam"])
+    for result in results:
+        expected = plain[(result.key.layer, result.key.method)].numpy()
+        maps = read_artifact(result.path).data["maps"]
+        np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())

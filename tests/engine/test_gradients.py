@@ -172,7 +172,7 @@ def test_one_shared_pass_equals_one_pass_per_layer_and_rule(vgg, name):
     setting, x, labels = _case(vgg, name, grids=2)
     targets = setting.targets(labels, setting.resolve_cells(None))
     indices = [vgg.layer_index(layer) for layer in ("input", "features.4", "final")]
-    shared = shared_gradients(setting, x, targets, {"plain": indices, "guided": indices[1:]})
+    shared = shared_gradients(setting, x, targets, {"plain": indices, "guided": indices[1:]}, whole=indices)
     for rule, wanted in (("plain", indices), ("guided", indices[1:])):
         for index in wanted:
             (a, g), = gradient_pass(setting, x, targets, [index], guided=rule == "guided").values()
@@ -251,3 +251,34 @@ def test_inputs_are_not_modified(vgg, name):
     assert torch.equal(x, x_before) and torch.equal(labels, labels_before)
     assert not x.requires_grad and x.grad is None
     assert all(p.grad is None for p in vgg.module.parameters())
+
+
+ALL_MODEL_METHODS = [
+    "grad", "guided-backprop", "ixg", "gradcam", "gradcam++", "layercam", "intgrad:steps=3",
+    "occlusion:k=4,s=4", "rise:masks=8", "scorecam", "ablationcam", "smoothgrad-ixg:samples=2",
+]
+
+
+@pytest.mark.parametrize("heads", ["default", "3,1"])
+def test_difull_runs_only_the_target_cells_and_gets_every_map_of_the_whole_grid(vgg, heads, monkeypatch):
+    """DiFull computes only the target cells' rows (the others have zero gradient and cannot move
+    an evaluated head); every method's maps equal those of the run over every cell."""
+    setting, x, labels = _case(vgg, "difull", grids=2)
+    cells = setting.resolve_cells(heads)
+    layers = ["input", "features.4", "final"]
+    seen: list[int] = []
+    blocks = vgg.blocks
+    first = blocks[0][1]
+    counting = first.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    try:
+        fast = engine_maps(setting, x, labels, cells, layers, ALL_MODEL_METHODS, batch_size=8)
+    finally:
+        counting.remove()
+    monkeypatch.setattr(setting, "target_rows", lambda targets, grids: None)
+    every = engine_maps(setting, x, labels, cells, layers, ALL_MODEL_METHODS, batch_size=8)
+    assert fast.keys() == every.keys()
+    for key, value in every.items():
+        assert value.abs().amax() > 0, key
+        torch.testing.assert_close(fast[key], value, rtol=1e-9, atol=1e-12 * float(value.abs().amax()), msg=lambda m: f"{key}: {m}")
+    # the shared gradient pass ran on the 2 × 2 target rows, not on the 2 × 4 cells
+    assert seen[0] == 2 * len(cells)
