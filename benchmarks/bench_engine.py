@@ -5,8 +5,8 @@ Bars (issue "Settings, layers and the attribution engine"):
 - the six single-pass methods (grad, guided-backprop, ixg, gradcam, gradcam++, layercam)
   together at input, middle and final cost at most 2.5x the *floor*: one plain forward+backward
   (gradient of the target logits w.r.t. the input, no parameter gradients) over the replicated
-  batch of heads, i.e. B·T rows in gridpg / dipart (each grid image once per target) and the B
-  grid images (B·n² cells) in difull;
+  batch of heads, i.e. B·T rows in gridpg / dipart (each grid image once per target) and the
+  B·T target cells in difull (the engine runs only those; the other cells cannot move a head);
 - intgrad (20 steps) at the middle layer costs at most 1.2x *its* floor: steps x one
   forward+backward of the network after the layer over the same replicated rows.
 
@@ -17,6 +17,8 @@ within each repetition, all in one process and one run, so the ratios compare li
 on a loaded machine (torch's thread count is left as it is). The intgrad floor is measured as one
 forward+backward of the suffix over the replicated rows, times the number of steps; the engine
 batches (grid image, step) pairs under the same ``--batch-size`` as the chunk (B grid images). Inputs are random normalised grids: timing does not depend on the content.
+Engine and floors run with the convolution weights channels-last on the CPU, as ``attribute``
+runs them (:func:`attrcli.engine.attribute.channels_last`).
 
     python benchmarks/bench_engine.py            # all four models, writes benchmarks/out/bench_engine.json
     python benchmarks/bench_engine.py --quick    # fewer repetitions
@@ -36,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from attrcli.engine.attribute import compute_maps, exact_float32, resolve_device
+from attrcli.engine.attribute import channels_last, compute_maps, exact_float32, resolve_device
 from attrcli.engine.gradients import target_logits
 from attrcli.engine.grids import GridFile
 from attrcli.engine.jobs import plan_jobs
@@ -81,19 +83,27 @@ def interleaved(
 
 
 def replicated(setting: GridSetting, x: torch.Tensor, targets: Targets):
-    """The rows a per-target pass needs: each grid image once per target (DiFull: once)."""
+    """The network-layout rows a per-target pass needs: each grid image once per target (DiFull:
+    each target's own cell), with the grid image and target of each row."""
     B, T = x.shape[0], targets.count
-    grid = torch.arange(B, device=x.device)
+    grid = torch.arange(B, device=x.device).repeat_interleave(T)
+    target = torch.arange(T, device=x.device).repeat(B)
     if setting.disconnected:
-        return x, grid, None
-    return x.repeat_interleave(T, 0), grid.repeat_interleave(T), torch.arange(T, device=x.device).repeat(B)
+        return setting.split(x)[setting.target_rows(targets, B)], grid, target
+    return x.repeat_interleave(T, 0), grid, target
 
 
 def floor_pass(setting: GridSetting, rows: torch.Tensor, targets: Targets, grid, target, layer_index: int) -> None:
-    """One plain forward+backward of the network after ``layer_index`` over network-layout rows."""
+    """One plain forward+backward of the network after ``layer_index`` over network-layout rows
+    (DiFull: cell rows, each scored by its target's head)."""
+    model = setting.model
     with torch.enable_grad():
         h = rows.detach().requires_grad_(True)
-        values = target_logits(setting.suffix(h, layer_index), targets, grid, target)
+        if setting.disconnected:
+            logits = model.head(model.run_blocks(h, layer_index))
+            values = logits[torch.arange(len(h), device=h.device), targets.classes[grid, target]]
+        else:
+            values = target_logits(setting.suffix(h, layer_index), targets, grid, target)
         torch.autograd.grad(values.sum(), h)
 
 
@@ -114,12 +124,11 @@ def bench_setting(adapter: ModelAdapter, name: str, grids: int, reps: int, steps
     labels[:, 3] = labels[:, 0]
     labels = labels.to(device)
     targets = setting.targets(labels, cells)
-    rows, grid, target = replicated(setting, x, targets)
-    net_rows = setting.split(rows)
+    net_rows, grid, target = replicated(setting, x, targets)
     jobs = _jobs(setting, cells, list(LAYERS), list(SINGLE_PASS))
     middle = adapter.layer_index("middle")
     with torch.no_grad():
-        a = setting.prefix(rows, middle)
+        a = adapter.run_blocks(net_rows, -1, middle)
     ig_jobs = _jobs(setting, cells, ["middle"], [f"intgrad:steps={steps}"] if steps != 20 else ["intgrad"])
     times, cpu = interleaved(
         {
@@ -170,7 +179,8 @@ def bench_model(model: str, args: argparse.Namespace, device: torch.device) -> l
     rows = []
     for name in args.settings.split(","):
         started = time.perf_counter()
-        row = {"model": model, "reps": reps, **bench_setting(adapter, name, grids, reps, args.steps, device)}
+        with channels_last(adapter.module, device):
+            row = {"model": model, "reps": reps, **bench_setting(adapter, name, grids, reps, args.steps, device)}
         row["wall_s"] = time.perf_counter() - started
         rows.append(row)
         print(

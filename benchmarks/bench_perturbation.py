@@ -11,7 +11,8 @@ Issue "Perturbation and ablation methods" bars:
   count; ``speedup_vs_whole`` is that time over the method's.
 - timing: CPU time of the process with one torch thread (``--threads``), so that other work on
   the machine does not move the ratios; wall time on CUDA. Medians of ``--repeats`` runs, method
-  and floor interleaved.
+  and floor interleaved. Everything runs with the convolution weights in channels-last layout on
+  the CPU, as ``attribute`` runs them (:func:`attrcli.engine.attribute.channels_last`).
 - memory: the peak resident memory of RISE with 6000 masks and of Score-CAM at a 512-channel
   layer stay within 1.5× of the same run with 1000 masks / at a 64-channel layer, at equal
   ``--batch-size``. Each memory case runs in a fresh subprocess so its ``ru_maxrss`` is its own;
@@ -28,6 +29,7 @@ architecture on 2×2 grids of 32-pixel cells for speed, and the same VGG topolog
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -38,6 +40,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from attrcli.engine.attribute import channels_last
 
 OUT = Path(__file__).parent / "out" / "bench_perturbation.json"
 N, BATCH, MEMORY_BATCH = 2, 32, 16
@@ -169,6 +173,8 @@ def memory_worker(case: str, device: str) -> dict:
     else:
         model, layer, spec = _model(width=64), value, "scorecam"
     model.to(dev)
+    stack = contextlib.ExitStack()
+    stack.enter_context(channels_last(model.module, dev))
     ctx = _context(model, "gridpg", layer, 2, MEMORY_BATCH, dev)
     method = parse_method(spec).build(cell_size=model.cell_size, layer=layer)
     with torch.no_grad():  # one full batch of the passes the method makes, so growth is its own
@@ -198,7 +204,7 @@ def _memory(case: str, device: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: CPU time is stable)")
     parser.add_argument("--layers", default="middle,final")
     parser.add_argument("--settings", default="gridpg,difull,dipart")
@@ -215,7 +221,8 @@ def main() -> None:
     for setting in args.settings.split(","):
         for layer in args.layers.split(","):
             for spec in METHODS:
-                row = speed_case(model, setting, layer, spec, device, args.repeats)
+                with channels_last(model.module, device):
+                    row = speed_case(model, setting, layer, spec, device, args.repeats)
                 speed.append(row)
                 print(
                     f"{setting:7s} {layer:6s} {spec:15s} {row['seconds']:7.3f}s  floor {row['floor_seconds']:7.3f}s"

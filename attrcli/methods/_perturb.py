@@ -33,6 +33,16 @@ def row_index(ctx: AttributionContext, grid: torch.Tensor, target: torch.Tensor 
     return grid * ctx.units_per_grid + ctx.targets.cells[target]
 
 
+def gather(a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A copy of rows ``a[rows]`` in ``a``'s memory layout: one block copy per row (plain or
+    channels-last), several times faster than advanced indexing on the CPU."""
+    if a.is_contiguous():
+        return a.index_select(0, rows)
+    if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last):
+        return a.permute(0, 2, 3, 1).index_select(0, rows).permute(0, 3, 1, 2)
+    return a[rows]
+
+
 def cell_offsets(ctx: AttributionContext, size: tuple[int, int]) -> torch.Tensor:
     """Top-left corner ``(T, 2)`` of each target's cell in a grid-layout map of ``size``."""
     n = ctx.setting.n
@@ -65,8 +75,7 @@ def evaluate(
     logits = model.head(model.run_blocks(rows, layer_index))  # (R, classes)
     if softmax:
         logits = logits.softmax(-1)
-    picked = torch.arange(len(rows), device=rows.device)
-    return logits[picked, ctx.targets.classes[grid, target]]
+    return logits.gather(1, ctx.targets.classes[grid, target][:, None])[:, 0]
 
 
 def plan(
@@ -101,8 +110,9 @@ def perturbed_scores(
     """Scores ``(B, T, items)`` of ``items`` perturbations of every grid image.
 
     ``build(grid, target, item)`` returns the perturbed network-layout rows of a chunk of
-    evaluations (see :func:`row_index`). A forward pass holds at most ``--batch-size`` units
-    (in DiFull ``batch_size · n²`` cell rows). Pairs left out by ``touched`` get ``fill``
+    evaluations (see :func:`row_index`); builders copy the rows with :func:`gather` and mask
+    them in place, as an out-of-place broadcast product is several times slower on the CPU. A
+    forward pass holds at most ``--batch-size`` units (in DiFull ``batch_size · n²`` cell rows). Pairs left out by ``touched`` get ``fill``
     ``(B, T)``, the unperturbed score.
     """
     B, T = ctx.grids, ctx.targets.count
@@ -112,15 +122,16 @@ def perturbed_scores(
     else:
         out = torch.zeros(B, T, items, device=ctx.device, dtype=ctx.evaluated.dtype)
     step = ctx.batch_size * ctx.units_per_grid
+    scores = out.new_empty((len(grid), T) if target is None else (len(grid),))  # in plan order
     with torch.no_grad():
         for start in range(0, len(grid), step):
             g, i = grid[start : start + step], item[start : start + step]
             t = None if target is None else target[start : start + step]
-            values = evaluate(ctx, build(g, t, i), g, t, layer_index=layer_index, softmax=softmax)
-            if t is None:
-                out[g, :, i] = values.to(out.dtype)
-            else:
-                out[g, t, i] = values.to(out.dtype)
+            scores[start : start + step] = evaluate(ctx, build(g, t, i), g, t, layer_index=layer_index, softmax=softmax)
+    if target is None:
+        out[grid, :, item] = scores
+    else:
+        out[grid, target, item] = scores
     return out
 
 
@@ -128,7 +139,7 @@ def reference_scores(ctx: AttributionContext, *, softmax: bool = False) -> torch
     """Unperturbed target scores ``(B, T)`` of the layer's activations."""
     a = ctx.evaluated
     return perturbed_scores(
-        ctx, 1, lambda g, t, i: a[row_index(ctx, g, t)], layer_index=ctx.layer_index, softmax=softmax
+        ctx, 1, lambda g, t, i: gather(a, row_index(ctx, g, t)), layer_index=ctx.layer_index, softmax=softmax
     )[..., 0]
 
 

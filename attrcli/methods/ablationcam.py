@@ -16,6 +16,7 @@ import torch
 
 from attrcli.methods._perturb import (
     channel_map,
+    gather,
     perturbed_scores,
     reference_scores,
     row_index,
@@ -36,7 +37,7 @@ class AblationCAM(Method):
 
         def build(grid, target, channel):
             keep = (channels[None] != channel[:, None]).to(a.dtype)
-            return a[row_index(ctx, grid, target)] * keep[:, :, None, None]
+            return gather(a, row_index(ctx, grid, target)).mul_(keep[:, :, None, None])
 
         with torch.no_grad():
             y = reference_scores(ctx)  # (B, T)

@@ -63,7 +63,7 @@ class IntegratedGradients(Method):
         for start in range(0, pairs, ctx.batch_size):  # (grid image, step) pairs
             index = torch.arange(start, min(start + ctx.batch_size, pairs), device=ctx.device)
             grid, step = index // steps, index % steps
-            scaled = units.index_select(0, grid).mul_(alphas[step].view(-1, 1, 1, 1, 1))
+            scaled = units[grid].mul_(alphas[step].view(-1, 1, 1, 1, 1))
             if rows is None:
                 _, grad = ctx.target_gradients(scaled.flatten(0, 1), grid, scale=weights[step])
             else:  # row i of a pair is its target i's cell, scored by that target's head

@@ -37,6 +37,7 @@ import torch
 from attrcli.errors import UserError
 from attrcli.methods._perturb import (
     cell_offsets,
+    gather,
     perturbed_scores,
     reference_scores,
     row_index,
@@ -90,23 +91,20 @@ class Occlusion(Method):
         H, W = ctx.setting.to_map(a[: ctx.units_per_grid]).shape[-2:]
         ky, kx, s = min(self.config.k, H), min(self.config.k, W), self.config.s
         ys, xs = window_starts(H, ky, s), window_starts(W, kx, s)
-        starts_y = torch.tensor(ys, device=ctx.device)
-        starts_x = torch.tensor(xs, device=ctx.device)
-        pos_y = torch.arange(a.shape[-2], device=ctx.device)  # positions within a row (DiFull: a cell)
-        pos_x = torch.arange(a.shape[-1], device=ctx.device)
-        touched, offsets = None, None
-        if ctx.setting.disconnected:
+        cover_y, cover_x = coverage(ys, ky, H, ctx.device), coverage(xs, kx, W, ctx.device)
+        touched = None
+        if ctx.setting.disconnected:  # a row is a cell: coverage of the target's cell positions
             touched = touched_windows(ctx, ys, xs, (ky, kx), (H, W))
-            offsets = cell_offsets(ctx, (H, W))
+            (h, w), offsets = a.shape[-2:], cell_offsets(ctx, (H, W)).tolist()
+            in_row_y = torch.stack([cover_y[:, top : top + h] for top, _ in offsets]).bool()
+            in_row_x = torch.stack([cover_x[:, left : left + w] for _, left in offsets]).bool()
+        else:
+            in_row_y, in_row_x = cover_y[None].bool(), cover_x[None].bool()
 
         def build(grid, target, item):
-            y0, x0 = starts_y[item // len(xs)], starts_x[item % len(xs)]
-            if target is not None:  # window position within the target's cell
-                y0, x0 = y0 - offsets[target, 0], x0 - offsets[target, 1]
-            inside_y = (pos_y[None] >= y0[:, None]) & (pos_y[None] < y0[:, None] + ky)
-            inside_x = (pos_x[None] >= x0[:, None]) & (pos_x[None] < x0[:, None] + kx)
-            keep = ~(inside_y[:, :, None] & inside_x[:, None, :])
-            return a[row_index(ctx, grid, target)] * keep[:, None].to(a.dtype)
+            t = 0 if target is None else target
+            hidden = in_row_y[t, item // len(xs)][:, :, None] & in_row_x[t, item % len(xs)][:, None, :]
+            return gather(a, row_index(ctx, grid, target)).mul_(~hidden[:, None])
 
         with torch.no_grad():
             y = reference_scores(ctx)
@@ -114,8 +112,7 @@ class Occlusion(Method):
                 ctx, len(ys) * len(xs), build, layer_index=ctx.layer_index, touched=touched, fill=y
             )
             drop = (y[:, :, None] - occluded).view(ctx.grids, ctx.targets.count, len(ys), len(xs))
-            cover_y = coverage(ys, ky, H, ctx.device).to(drop.dtype)
-            cover_x = coverage(xs, kx, W, ctx.device).to(drop.dtype)
+            cover_y, cover_x = cover_y.to(drop.dtype), cover_x.to(drop.dtype)
             total = torch.einsum("iy,btij,jx->btyx", cover_y, drop, cover_x)
             return total / (cover_y.sum(0)[:, None] * cover_x.sum(0)[None, :])
 

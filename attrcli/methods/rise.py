@@ -12,7 +12,8 @@ so mask positions outside the cell still collect weight through the masks they s
 Masks are seeded by ``--seed`` alone: every grid image sees the same M masks, as in the
 reference implementation, so maps do not depend on batching and reruns are identical. Only the
 low-resolution grids (M·s² numbers) are kept; full-size masks are made per chunk of at most
-``--batch-size`` evaluations, whatever M.
+``--batch-size`` evaluations, whatever M, unless all M of them fit in 64 MiB (hidden layers,
+small grids): then they are made once.
 
 Presets (supplement H.2): M=1000, s=6, p=0.1 for cells of 224 pixels or more; s counts mask
 cells across the whole map, so a mask cell covers about a third of a grid cell on 2×2 grids at
@@ -29,8 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from attrcli.errors import UserError
-from attrcli.methods._perturb import cell_offsets, perturbed_scores, row_index
+from attrcli.methods._perturb import cell_offsets, gather, perturbed_scores, row_index
 from attrcli.methods.base import METHODS, Method
+
+MADE_BYTES = 64 * 2**20  # all upsampled masks are made once when they take at most this
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,12 @@ class MaskSource:
         self.cell = (ceil(size[0] / s), ceil(size[1] / s))
         self.shift = (shift * torch.tensor(self.cell, device=device)).long()
         self.up = ((s + 1) * self.cell[0], (s + 1) * self.cell[1])
+        self.made = None  # all M upsampled masks, when they fit in MADE_BYTES
+        if config.masks * self.up[0] * self.up[1] * 4 <= MADE_BYTES:
+            self.made = self._upsampled(torch.arange(config.masks, device=device))
+
+    def _upsampled(self, item: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.grids[item], size=self.up, mode="bilinear", align_corners=False)[:, 0]
 
     def __call__(
         self, item: torch.Tensor, dtype: torch.dtype = torch.float32,
@@ -67,7 +76,7 @@ class MaskSource:
         """Masks ``(R, h, w)`` of the given indices; ``origin`` ``(R, 2)`` and ``size`` crop each
         to a window of the map (a DiFull cell), default the whole map."""
         h, w = size or self.size
-        up = F.interpolate(self.grids[item], size=self.up, mode="bilinear", align_corners=False)[:, 0]
+        up = self._upsampled(item) if self.made is None else self.made[item]
         first = self.shift[item] if origin is None else self.shift[item] + origin
         rows = first[:, 0, None] + torch.arange(h, device=up.device)[None]
         cols = first[:, 1, None] + torch.arange(w, device=up.device)[None]
@@ -97,7 +106,7 @@ class RISE(Method):
                 m = masks(item, a.dtype)
             else:
                 m = masks(item, a.dtype, offsets[target], (cell_h, cell_w))
-            return a[row_index(ctx, grid, target)] * m[:, None]
+            return gather(a, row_index(ctx, grid, target)).mul_(m[:, None])
 
         with torch.no_grad():
             probs = perturbed_scores(

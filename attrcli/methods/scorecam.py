@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attrcli.methods._perturb import channel_map, perturbed_scores, row_index
+from attrcli.methods._perturb import channel_map, gather, perturbed_scores, row_index
 from attrcli.methods.base import METHODS, Method
 
 
@@ -47,7 +47,7 @@ class ScoreCAM(Method):
 
         def build(grid, target, channel):
             rows = row_index(ctx, grid, target)
-            return images[rows] * normalised_masks(a[rows, channel], size).to(images.dtype)
+            return gather(images, rows).mul_(normalised_masks(a[rows, channel], size).to(images.dtype))
 
         with torch.no_grad():
             probs = perturbed_scores(ctx, a.shape[1], build, layer_index=-1, softmax=True)  # (B, T, C)

@@ -134,8 +134,8 @@ def test_a_killed_run_resumes_from_its_last_finished_chunk(workdir, model, monke
     assert not list(Path("cache").rglob("*.partial"))
 
 
-def test_checkpoints_of_another_config_are_discarded(workdir, model, monkeypatch):
-    grids = write_grids(Path("g.h5"), count=4)
+def _killed_after_the_first_chunk(monkeypatch, **run) -> None:
+    """Run ``attribute`` with grad failing from its second chunk on, then undo the failure."""
     original = Gradient.from_gradients
     state = {"calls": 0}
 
@@ -147,8 +147,15 @@ def test_checkpoints_of_another_config_are_discarded(workdir, model, monkeypatch
 
     monkeypatch.setattr(Gradient, "from_gradients", dies)
     with pytest.raises(RuntimeError):
-        attribute(grids=grids, setting="gridpg", model=model, layers="input", methods="grad", batch_size=2)
+        attribute(**run)
     monkeypatch.setattr(Gradient, "from_gradients", original)
+
+
+def test_checkpoints_of_another_config_are_discarded(workdir, model, monkeypatch):
+    grids = write_grids(Path("g.h5"), count=4)
+    _killed_after_the_first_chunk(
+        monkeypatch, grids=grids, setting="gridpg", model=model, layers="input", methods="grad", batch_size=2
+    )
     (result,) = attribute(grids=grids, setting="gridpg", model=model, layers="input", methods="grad", batch_size=3)
     assert result.status == "computed"  # the batch size changed: the old chunks do not fit
     (clean,) = attribute(grids=grids, setting="gridpg", model=model, layers="input", methods="grad", cache_root="c2")
@@ -207,20 +214,8 @@ def test_user_models_given_as_module_attr_and_layer_all(workdir):
 def test_a_single_chunk_writes_no_checkpoint_and_clears_a_stale_one(workdir, model, monkeypatch):
     grids = write_grids(Path("g.h5"), count=4)
     run = dict(grids=grids, setting="gridpg", model=model, layers="input", methods="grad")
-    original = Gradient.from_gradients
-    state = {"calls": 0}
-
-    def dies(self, a, g):
-        state["calls"] += 1
-        if state["calls"] > 1:
-            raise RuntimeError("killed")
-        return original(self, a, g)
-
-    monkeypatch.setattr(Gradient, "from_gradients", dies)
-    with pytest.raises(RuntimeError):
-        attribute(**run, batch_size=2)  # chunk 0 of 2 checkpointed, then killed
+    _killed_after_the_first_chunk(monkeypatch, **run, batch_size=2)  # chunk 0 of 2 checkpointed
     (stale,) = Path("cache").rglob("*.partial")
-    monkeypatch.setattr(Gradient, "from_gradients", original)
 
     def no_checkpoint(*args, **kwargs):
         raise AssertionError("a job of one chunk has nothing to resume")

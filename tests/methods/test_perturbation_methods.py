@@ -18,6 +18,8 @@ from attrcli.errors import UserError
 from attrcli.methods import parse_method
 from attrcli.methods.ablationcam import AblationCAM
 from attrcli.methods.occlusion import Occlusion, OcclusionConfig, window_starts
+from attrcli.methods import rise
+from attrcli.methods._perturb import gather
 from attrcli.methods.rise import RISE, MaskSource, RISEConfig
 from attrcli.methods.scorecam import ScoreCAM, normalised_masks
 from attrcli.models.adapter import ModelAdapter
@@ -257,6 +259,31 @@ def test_rise_masks_are_seeded_and_keep_about_p():
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert first.min() >= 0 and first.max() <= 1 + 1e-6
     assert abs(float(first.mean()) - 0.25) < 0.03
+
+
+def test_rise_masks_made_once_equal_masks_made_per_chunk(monkeypatch):
+    config = RISEConfig(masks=50, s=3, p=0.5)
+    made = MaskSource(config, (12, 12), seed=1, device=torch.device("cpu"))
+    monkeypatch.setattr(rise, "MADE_BYTES", 0)
+    per_chunk = MaskSource(config, (12, 12), seed=1, device=torch.device("cpu"))
+    assert made.made is not None and per_chunk.made is None
+    item = torch.tensor([7, 0, 49, 7])
+    origin = torch.tensor([[0, 0], [6, 0], [0, 6], [6, 6]])
+    assert torch.equal(made(item), per_chunk(item))
+    assert torch.equal(made(item, origin=origin, size=(6, 6)), per_chunk(item, origin=origin, size=(6, 6)))
+    whole = made(item)  # a cell's mask is the whole map's mask cropped at the cell
+    crops = torch.stack([whole[r, y : y + 6, x : x + 6] for r, (y, x) in enumerate(origin.tolist())])
+    assert torch.equal(made(item, origin=origin, size=(6, 6)), crops)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gather_copies_rows_in_the_tensors_own_layout(layout):
+    a = torch.randn(5, 3, 4, 4).contiguous(memory_format=layout)
+    rows = torch.tensor([4, 0, 4])
+    out = gather(a, rows)
+    assert torch.equal(out, a[rows]) and out.is_contiguous(memory_format=layout)
+    out.zero_()  # a copy: the source is untouched
+    assert a.abs().sum() > 0
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
