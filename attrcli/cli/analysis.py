@@ -10,50 +10,32 @@ one JSON document on stdout instead.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from itertools import groupby
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import numpy as np
 import torch
 import typer
 from rich.table import Table
 
-from attrcli.cli.app import command, emit, err, paths_from_args, progress_bar, split_list
+from attrcli.cli.app import command, emit, err, progress_bar
+from attrcli.cli.options import Force, Grids, Layer, Method, Model, Paths, Setting, selected
 from attrcli.errors import UserError
 from attrcli.metrics import stages
 from attrcli.metrics.aggatt import MAX_SIZE
-from attrcli.metrics.selection import ALL, select_keys, split_methods
+from attrcli.metrics.selection import select_keys
 from attrcli.store import read_artifact
 
-Paths = Annotated[
-    list[str] | None,
-    typer.Argument(
-        help="Artifact paths; '-' reads paths from stdin, one a line.", show_default=False
-    ),
-]
-Grids = Annotated[
-    str | None,
-    typer.Option("--grids", help="Grid file (or its name): select keys on disk instead of paths."),
-]
-Setting = Annotated[str, typer.Option("--setting", help="Settings, comma-separated, or 'all'.")]
-Model = Annotated[str, typer.Option("--model", help="Models, comma-separated, or 'all'.")]
-Layer = Annotated[
-    str, typer.Option("--layer", help="Layers as in the paths (input,middle,final), or 'all'.")
-]
-Method = Annotated[
-    str,
-    typer.Option(
-        "--method", help="Method specs, or bare names (which include their variants), or 'all'."
-    ),
-]
+T = TypeVar("T")
+
 CacheDir = Annotated[
     Path | None,
     typer.Option(
         "--cache-dir", help="Cache folder [default: 'cache' with --grids, else the inputs' own]."
     ),
 ]
-Force = Annotated[bool, typer.Option("--force", help="Recompute even if up to date.")]
 Json = Annotated[
     bool, typer.Option("--json", help="Print a JSON summary on stdout instead of paths.")
 ]
@@ -86,27 +68,20 @@ def select(
     stages_on_disk: tuple[str, ...],
 ) -> tuple[list[Path], Path | None]:
     """Input artifact paths and the cache folder to write to (None: beside the inputs)."""
-    if paths and grids:
-        raise UserError("give artifact paths or --grids with a selection, not both")
-    if paths:
-        if any(value != ALL for value in (setting, model, layer, method)):
-            raise UserError(
-                "--setting/--model/--layer/--method select keys with --grids, not paths"
-            )
-        return paths_from_args(paths), cache_dir
-    if not grids:
-        raise UserError("nothing to do: give artifact paths, '-' for stdin, or --grids FILE")
-    root = cache_dir or Path("cache")
-    keys = select_keys(
-        cache_root=root,
-        grids=grids,
-        settings=split_list(setting),
-        models=split_list(model),
-        layers=split_list(layer),
-        methods=split_methods(method),
-        stages=stages_on_disk,
-    )
-    return [k.path(root) for k in keys], root
+    root = (cache_dir or Path("cache")) if grids else cache_dir
+
+    def on_disk(**selection) -> list[Path]:
+        keys = select_keys(cache_root=root, stages=stages_on_disk, **selection)
+        return [k.path(root) for k in keys]
+
+    return selected(paths, grids, (setting, model, layer, method), find=on_disk, nothing="do"), root
+
+
+def _run_stage(stage: Callable[..., T], device: str, quiet: bool, **arguments) -> T:
+    """``stage(**arguments)`` on the resolved ``device``, with progress bars unless ``quiet``."""
+    torch_device = resolve_device(device)
+    with progress_bar(quiet) as progress:
+        return stage(device=torch_device, progress=progress, **arguments)
 
 
 def _report(results: list[stages.StageResult], quiet: bool) -> None:
@@ -170,16 +145,10 @@ def score_command(
 ) -> None:
     """Localization scores per attribution (supplement H.3); a summary table per setting/model."""
     inputs, root = select(paths, grids, setting, model, layer, method, cache_dir, ("attributions",))
-    torch_device = resolve_device(device)
-    with progress_bar(quiet or json_out) as progress:
-        results = stages.score(
-            attribution_paths=inputs,
-            cache_root=root,
-            force=force,
-            device=torch_device,
-            progress=progress,
-            wait=wait,
-        )
+    results = _run_stage(
+        stages.score, device, quiet or json_out,
+        attribution_paths=inputs, cache_root=root, force=force, wait=wait,
+    )
     summary = stages.summarize([r.path for r in results])
     if json_out:
         typer.echo(
@@ -228,18 +197,10 @@ def aggatt_command(
 ) -> None:
     """AggAtt bin maps per key (supplement H.4); takes attribution or score artifacts."""
     inputs, root = select(paths, grids, setting, model, layer, method, cache_dir, ("attributions",))
-    torch_device = resolve_device(device)
-    with progress_bar(quiet or json_out) as progress:
-        results = stages.aggatt(
-            paths=inputs,
-            cache_root=root,
-            cell=cell,
-            max_size=max_size,
-            force=force,
-            device=torch_device,
-            progress=progress,
-            wait=wait,
-        )
+    results = _run_stage(
+        stages.aggatt, device, quiet or json_out,
+        paths=inputs, cache_root=root, cell=cell, max_size=max_size, force=force, wait=wait,
+    )
     details = []
     for result in results:
         artifact = read_artifact(result.path, names=["counts", "median_index"])
@@ -301,18 +262,10 @@ def correlate_command(
     inputs, root = select(
         paths, grids, setting, model, layer, method, cache_dir, ("attributions", "scores")
     )
-    torch_device = resolve_device(device)
-    with progress_bar(quiet or json_out) as progress:
-        result = stages.correlate(
-            score_paths=inputs,
-            reference=reference,
-            name=name,
-            cache_root=root,
-            force=force,
-            device=torch_device,
-            progress=progress,
-            wait=wait,
-        )
+    result = _run_stage(
+        stages.correlate, device, quiet or json_out,
+        score_paths=inputs, reference=reference, name=name, cache_root=root, force=force, wait=wait,
+    )
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return

@@ -9,15 +9,15 @@ under ``--cache-dir``. Each command writes one figure (``reports/figures/<name>.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from attrcli.cli.analysis import Grids, Layer, Method, Model, Paths, Setting
-from attrcli.cli.app import app, command, paths_from_args, split_list
-from attrcli.errors import UserError
-from attrcli.metrics.selection import ALL, split_methods
+from attrcli.cli.app import app, command
+from attrcli.cli.options import Grids, Layer, Method, Model, Paths, Setting, selected
+from attrcli.metrics.selection import ALL
 from attrcli.plots import (
     FORMATS,
     find_artifacts,
@@ -66,25 +66,8 @@ def inputs(
     method: str = ALL,
 ) -> list[Path]:
     """Artifact paths from arguments or stdin, or the ``stage`` artifacts a selection names."""
-    if paths and grids:
-        raise UserError("give artifact paths or --grids with a selection, not both")
-    if paths:
-        if any(value != ALL for value in (setting, model, layer, method)):
-            raise UserError(
-                "--setting/--model/--layer/--method select keys with --grids, not paths"
-            )
-        return paths_from_args(paths)
-    if not grids:
-        raise UserError("nothing to plot: give artifact paths, '-' for stdin, or --grids FILE")
-    return find_artifacts(
-        cache_root=cache_dir or Path("cache"),
-        grids=grids,
-        stage=stage,
-        settings=split_list(setting),
-        models=split_list(model),
-        layers=split_list(layer),
-        methods=split_methods(method),
-    )
+    on_disk = partial(find_artifacts, cache_root=cache_dir or Path("cache"), stage=stage)
+    return selected(paths, grids, (setting, model, layer, method), find=on_disk, nothing="plot")
 
 
 @figure("boxes")

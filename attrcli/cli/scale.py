@@ -4,48 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from attrcli.cli.app import command, emit, err, paths_from_args, progress_bar, split_list
+from attrcli.cli.options import CacheRoot, Device, Force, GridFile, Json, Quiet
 from attrcli.errors import UserError
 
-_GRIDS = typer.Option(..., "--grids", help="Grid file written by make-grids.")
-_SETTING = typer.Option("gridpg", "--setting", help="gridpg, difull or dipart (comma list allowed).")
-_MODEL = typer.Option("digits-vgg11", "--model", help="Registered model or module:Name.")
-_LAYER = typer.Option("input,middle,final", "--layer", help="Comma list of layers.")
-_METHOD = typer.Option("grad", "--method", help="Comma list of method specs, or 'all'.")
-_HEADS = typer.Option(None, "--heads", help="Cells to evaluate: default, all, or indices.")
-_CACHE = typer.Option(Path("cache"), "--cache-dir", help="Root of the artifact cache.")
+if TYPE_CHECKING:
+    from attrcli.engine.jobs import AttributeResult
+
+Setting = Annotated[str, typer.Option("--setting", help="gridpg, difull or dipart (comma list allowed).")]
+Model = Annotated[str, typer.Option("--model", help="Registered model or module:Name.")]
+Layer = Annotated[str, typer.Option("--layer", help="Comma list of layers.")]
+Method = Annotated[str, typer.Option("--method", help="Comma list of method specs, or 'all'.")]
+Heads = Annotated[Optional[str], typer.Option("--heads", help="Cells to evaluate: default, all, or indices.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Grid images per forward pass.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for methods that sample.")]
 
 
-def launch_options(
-    shards: int, partition: Optional[str], gpus_per_task: int, time: int, array_parallelism: int,
-    no_wait: bool,
-) -> dict:
-    """The ``options`` of :func:`attrcli.engine.launch.launch_attribute` from CLI values."""
-    return dict(
-        shards=shards, partition=partition, gpus_per_task=gpus_per_task, time=time,
-        array_parallelism=array_parallelism, no_wait=no_wait,
-    )
-
-
-def run_launch(
-    *, launcher: str, options: dict, grids: Path, setting: str, model: str, layer: str, method: str,
-    heads: Optional[str], device: str, batch_size: int, weights: Optional[str], cache_dir: Path,
-    seed: int, force: bool, quiet: bool, as_json: bool,
-) -> None:
-    """Launch, print the status lines on stderr and the paths (or JSON) on stdout."""
-    from attrcli.engine.launch import launch_attribute
-
-    with progress_bar(quiet) as progress:
-        results = launch_attribute(
-            job=dict(grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method),
-            launcher=launcher, options=options,
-            common=dict(device=device, batch_size=batch_size, force=force, cache_root=cache_dir,
-                        weights=weights, progress=progress, heads=heads, seed=seed),
-        )
+def print_results(results: list[AttributeResult], as_json: bool) -> None:
+    """A status line per key on stderr; the artifact paths (or a JSON summary) on stdout."""
     for result in results:
         err.print(f"{result.status:>10}  {result.key.label()}", highlight=False)
     if as_json:
@@ -56,40 +36,46 @@ def run_launch(
 
 @command("launch")
 def launch_command(
-    grids: Path = _GRIDS, setting: str = _SETTING, model: str = _MODEL, layer: str = _LAYER,
-    method: str = _METHOD, heads: Optional[str] = _HEADS,
-    launcher: str = typer.Option("local", "--launcher", help="local (submitit subprocesses) or slurm."),
-    shards: int = typer.Option(1, "--shards", help="Split each setting's grid images into N shard jobs."),
-    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
-    gpus_per_task: int = typer.Option(0, "--gpus-per-task", help="GPUs per SLURM task."),
-    time: int = typer.Option(60, "--time", help="Time limit per task, minutes."),
-    array_parallelism: int = typer.Option(32, "--array-parallelism", help="Tasks of the array running at once (SLURM)."),
-    no_wait: bool = typer.Option(False, "--no-wait", help="Return after submitting; merge later with `attrcli merge --all`."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (in each task)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Grid images per forward pass."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="State-dict file (weights_only=True)."),
-    cache_dir: Path = _CACHE,
-    seed: int = typer.Option(0, "--seed", help="Seed for methods that sample."),
-    force: bool = typer.Option(False, "--force", help="Recompute even if up to date."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of paths."),
+    grids: GridFile, setting: Setting = "gridpg", model: Model = "digits-vgg11",
+    layer: Layer = "input,middle,final", method: Method = "grad", heads: Heads = None,
+    launcher: Annotated[str, typer.Option("--launcher", help="local (submitit subprocesses) or slurm.")] = "local",
+    shards: Annotated[int, typer.Option("--shards", help="Split each setting's grid images into N shard jobs.")] = 1,
+    partition: Annotated[Optional[str], typer.Option("--partition", help="SLURM partition.")] = None,
+    gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", help="GPUs per SLURM task.")] = 0,
+    time: Annotated[int, typer.Option("--time", help="Time limit per task, minutes.")] = 60,
+    array_parallelism: Annotated[int, typer.Option("--array-parallelism", help="Tasks of the array running at once (SLURM).")] = 32,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return after submitting; merge later with `attrcli merge --all`.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (in each task).")] = "auto",
+    batch_size: BatchSize = 32,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="State-dict file (weights_only=True).")] = None,
+    cache_dir: CacheRoot = Path("cache"),
+    seed: Seed = 0,
+    force: Force = False,
+    quiet: Quiet = False,
+    as_json: Json = False,
 ) -> None:
     """Run `attribute` as a submitit job array of settings × shards, wait, and merge the shards."""
-    run_launch(
-        launcher=launcher, options=launch_options(shards, partition, gpus_per_task, time, array_parallelism, no_wait),
-        grids=grids, setting=setting, model=model, layer=layer, method=method, heads=heads, device=device,
-        batch_size=batch_size, weights=weights, cache_dir=cache_dir, seed=seed, force=force, quiet=quiet,
-        as_json=as_json,
-    )
+    from attrcli.engine.launch import launch_attribute
+
+    with progress_bar(quiet) as progress:
+        results = launch_attribute(
+            job=dict(grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method),
+            launcher=launcher,
+            options=dict(shards=shards, partition=partition, gpus_per_task=gpus_per_task, time=time,
+                         array_parallelism=array_parallelism, no_wait=no_wait),
+            common=dict(device=device, batch_size=batch_size, force=force, cache_root=cache_dir,
+                        weights=weights, progress=progress, heads=heads, seed=seed),
+        )
+    print_results(results, as_json)
 
 
 @command("merge")
 def merge_command(
-    paths: Optional[list[str]] = typer.Argument(None, help="Artifact paths (unsharded, or any shard); '-' reads them from stdin."),
-    all_keys: bool = typer.Option(False, "--all", help="Merge every key with shards under --cache-dir."),
-    cache_dir: Path = _CACHE,
-    keep: bool = typer.Option(False, "--keep", help="Keep the shard files after merging."),
-    wait: bool = typer.Option(False, "--wait", help="Wait for a lock held by another process."),
+    paths: Annotated[Optional[list[str]], typer.Argument(help="Artifact paths (unsharded, or any shard); '-' reads them from stdin.")] = None,
+    all_keys: Annotated[bool, typer.Option("--all", help="Merge every key with shards under --cache-dir.")] = False,
+    cache_dir: CacheRoot = Path("cache"),
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the shard files after merging.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for a lock held by another process.")] = False,
 ) -> None:
     """Join the shards of attribution keys after checking coverage and provenance.
 
@@ -108,9 +94,10 @@ def merge_command(
 
 @command("status")
 def status_command(
-    grids: Path = _GRIDS, setting: str = _SETTING, model: str = _MODEL, layer: str = _LAYER,
-    method: str = _METHOD, heads: Optional[str] = _HEADS, cache_dir: Path = _CACHE,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    grids: GridFile, setting: Setting = "gridpg", model: Model = "digits-vgg11",
+    layer: Layer = "input,middle,final", method: Method = "grad", heads: Heads = None,
+    cache_dir: CacheRoot = Path("cache"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Which attribution keys are done, partial (shards or checkpoints), stale, corrupt or missing.
 
@@ -135,15 +122,15 @@ def status_command(
 
 @command("plan")
 def plan_command(
-    grids: Path = _GRIDS, setting: str = _SETTING, model: str = _MODEL, layer: str = _LAYER,
-    method: str = _METHOD, heads: Optional[str] = _HEADS,
-    shards: int = typer.Option(1, "--shards", help="Shards per setting."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Grid images per forward pass."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="State-dict file."),
-    cache_dir: Path = _CACHE,
-    seed: int = typer.Option(0, "--seed", help="Seed for methods that sample."),
-    force: bool = typer.Option(False, "--force", help="Include keys that are done."),
+    grids: GridFile, setting: Setting = "gridpg", model: Model = "digits-vgg11",
+    layer: Layer = "input,middle,final", method: Method = "grad", heads: Heads = None,
+    shards: Annotated[int, typer.Option("--shards", help="Shards per setting.")] = 1,
+    device: Device = "auto",
+    batch_size: BatchSize = 32,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="State-dict file.")] = None,
+    cache_dir: CacheRoot = Path("cache"),
+    seed: Seed = 0,
+    force: Annotated[bool, typer.Option("--force", help="Include keys that are done.")] = False,
 ) -> None:
     """Print one `attrcli attribute` command per setting and shard, then one `attrcli merge` per key.
 

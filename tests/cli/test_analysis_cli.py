@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,17 +11,9 @@ from typer.testing import CliRunner
 
 from attrcli.cli.main import app
 from attrcli.metrics import stages
+from tests.plots.helpers import load_fakes
 
-
-def _load_fakes():
-    path = Path(__file__).parents[1] / "metrics" / "fakes.py"
-    spec = importlib.util.spec_from_file_location("attrcli_analysis_fakes", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fakes = _load_fakes()
+fakes = load_fakes()
 runner = CliRunner()
 CACHE = Path("cache")
 
@@ -56,6 +47,11 @@ def study(tmp_path, monkeypatch):
 
 def lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.strip()]
+
+
+def correlate_gridpg(*args: str):
+    """``attrcli correlate`` on the gridpg keys of the toy grid file."""
+    return runner.invoke(app, ["correlate", "--grids", "toy", "--setting", "gridpg", *args])
 
 
 def test_score_then_aggatt_pipe_through_stdin(study):
@@ -120,21 +116,7 @@ def test_score_json_by_selection(study):
 
 
 def test_correlate_selection_prints_matrix_and_writes_it(study):
-    result = runner.invoke(
-        app,
-        [
-            "correlate",
-            "--grids",
-            "toy",
-            "--setting",
-            "gridpg",
-            "--layer",
-            "input,final",
-            "--method",
-            "gradcam,ixg",
-            "--json",
-        ],
-    )
+    result = correlate_gridpg("--layer", "input,final", "--method", "gradcam,ixg", "--json")
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert len(document["matrix"]) == 4 and document["matrix"][0][0] == 1.0
@@ -142,22 +124,7 @@ def test_correlate_selection_prints_matrix_and_writes_it(study):
 
 
 def test_correlate_reference_row(study):
-    result = runner.invoke(
-        app,
-        [
-            "correlate",
-            "--grids",
-            "toy",
-            "--setting",
-            "gridpg",
-            "--layer",
-            "input",
-            "--reference",
-            "final/gradcam",
-            "--name",
-            "tab1",
-        ],
-    )
+    result = correlate_gridpg("--layer", "input", "--reference", "final/gradcam", "--name", "tab1")
     assert result.exit_code == 0, result.output
     assert lines(result.stdout) == ["cache/correlations/tab1.h5"]
     assert "final/gradcam" in result.stderr
