@@ -45,7 +45,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     bar = [r for r in keys if r["model"] in BAR_MODELS]
     statuses: dict[str, int] = {}
     for r in keys:
-        statuses[r["agreement"]["status"]] = statuses.get(r["agreement"]["status"], 0) + 1
+        statuses[map_status(r["agreement"])] = statuses.get(map_status(r["agreement"]), 0) + 1
     bar_geomean = _geomean([r["speedup"] for r in bar])
     return {
         "per_model": per_model,
@@ -58,8 +58,16 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "slowest": slowest(keys) if keys else None,
         "agreement": statuses,
         "differ": [{k: r[k] for k in ("model", "setting", "layer", "method")} | {"max_diff": r["agreement"]["max_diff"]}
-                   for r in keys if r["agreement"]["status"] == "differ"],
+                   for r in keys if map_status(r["agreement"]) == "differ"],
     }
+
+
+def map_status(found: dict[str, Any]) -> str:
+    """``agree``, ``differ``, ``not comparable``, or ``rounding``: the maps differ but agree with
+    the loop run on attrcli's kernels (float32 rounding of two kernel sets, not another method)."""
+    if found["status"] == "differ" and found.get("same_kernels", {}).get("status") == "agree":
+        return "rounding"
+    return found["status"]
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
@@ -106,7 +114,10 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{r['attributions'] / r['loop_s']:.3g} | {r['speedup']:.2f}× | | |")
             continue
         a = r["agreement"]
-        maps = a["status"] + (f" ({a['max_diff']:.0e})" if a.get("max_diff") is not None else "")
+        maps = map_status(a) + (f" ({a['max_diff']:.0e}" if a.get("max_diff") is not None else "")
+        if "same_kernels" in a:
+            maps += f"; {a['same_kernels']['max_diff']:.0e} on the same kernels"
+        maps += ")" if a.get("max_diff") is not None else ""
         spec = r["spec"] + (f" ({r['channels']} ch)" if r["channels_capped"] else "")
         lines.append(f"| {r['model']} | {r['setting']} | {r['layer']} | {r['method']} | {spec} | "
                      f"{r['attrcli_per_s']:.3g} | {r['loop_per_s']:.3g} | {r['speedup']:.2f}× | "

@@ -5,7 +5,9 @@
 - method specs: attrcli's presets, or the reduced ``--quick`` values (both sides get the spec);
 - :func:`capped`: a view of a model whose layer keeps its first ``k`` channels, so Score-CAM and
   Ablation-CAM make ``k`` perturbations instead of one per channel, each of unchanged cost;
-- :class:`Floors`: the passes a method cannot avoid, timed alone.
+- :class:`Floors`: the passes a method cannot avoid, timed alone with the kernels attrcli uses
+  (channels-last convolutions on the CPU); in DiFull over the target cells alone, plus the other
+  cells' prefix for the maps that weigh the whole stitched map.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attrcli.engine.attribute import channels_last
 from attrcli.engine.gradients import target_logits
 from attrcli.methods.occlusion import window_starts
 from attrcli.models.adapter import ModelAdapter
@@ -31,6 +34,7 @@ from attrcli.store import write_artifact
 
 GRADIENT = ("grad", "guided-backprop", "ixg", "gradcam", "gradcam++", "layercam")
 CHANNEL_METHODS = ("scorecam", "ablationcam")  # one perturbation per channel of the layer
+WHOLE = ("gradcam", "gradcam++", "scorecam", "ablationcam")  # DiFull maps weighing every cell
 
 
 def sync(device: torch.device) -> None:
@@ -182,10 +186,11 @@ def _touched(setting: GridSetting, cells: list[int], size: tuple[int, int], k: i
     return total
 
 
-def perturbations(method: str, config: Any, setting: GridSetting, cells: list[int], a: torch.Tensor) -> int:
-    """Network rows one grid image needs pushed through the network after the layer: grid rows in
-    connected settings (one serves every target), cell rows in DiFull (one target each)."""
-    size = tuple(setting.to_map(a[: setting.n**2 if setting.disconnected else 1]).shape[-2:])
+def perturbations(method: str, config: Any, setting: GridSetting, cells: list[int], channels: int,
+                  size: tuple[int, int]) -> int:
+    """Network rows one grid image needs pushed through the network after the layer, whose map
+    (grid layout) is ``size``: grid rows in connected settings (one serves every target), cell
+    rows in DiFull (one target each)."""
     T = len(cells) if setting.disconnected else 1
     if method == "occlusion":
         if setting.disconnected:
@@ -194,18 +199,25 @@ def perturbations(method: str, config: Any, setting: GridSetting, cells: list[in
     if method == "rise":
         return T * config.masks
     if method in CHANNEL_METHODS:
-        return T * a.shape[1]
+        return T * channels
     raise KeyError(method)
 
 
 class Floors:
-    """The passes each method cannot avoid for grid images ``x`` in one setting, timed alone:
+    """The passes each method cannot avoid for grid images ``x`` in one setting, timed alone with
+    the kernels attrcli uses (convolution weights in :func:`channels_last` layout on the CPU):
 
-    - gradient methods: the prefix, then one forward of the rest of the network over the batch
-      and one backward per target (DiFull: one in all); intgrad: ``steps`` times that;
-    - perturbation methods: the prefix, then one forward of the rest of the network (Score-CAM:
-      the whole network) per perturbation (:func:`perturbations`); the cost of a row is timed on
-      one batch of ``--batch-size`` units.
+    - the prefix up to the layer over the rows the targets depend on: every row in connected
+      settings, the target cells' rows in DiFull (:meth:`GridSetting.target_rows`); in DiFull the
+      methods whose map weighs the whole stitched map (:data:`WHOLE`) also need the other cells'
+      prefix (free at the input);
+    - gradient methods: then one forward of the rest of the network over those rows and one
+      backward per target (DiFull: one in all), per batch of ``--batch-size`` grid images;
+      intgrad: the same per batch of ``--batch-size`` (grid image, step) pairs, as attrcli
+      batches them (a batch of 4 steps costs less than 4 batches of one on a CPU);
+    - perturbation methods: then one forward of the rest of the network (Score-CAM: the whole
+      network) per perturbation (:func:`perturbations`); the cost of a row is timed on one batch
+      of ``--batch-size`` units.
 
     Measurements are shared by the methods of a layer (they need the same passes).
     """
@@ -215,46 +227,61 @@ class Floors:
         self.setting, self.x, self.cells, self.batch_size, self.device = setting, x, cells, batch_size, device
         self.targets = setting.targets(labels, cells)
         self.units = setting.n**2 if setting.disconnected else 1
-        self._prefix: dict[int, tuple[float, torch.Tensor]] = {}
-        self._backward: dict[int, float] = {}
+        self.rows = setting.target_rows(self.targets, x.shape[0])  # None: every row
+        every = torch.arange(x.shape[0] * self.units, device=device)
+        self.other_rows = every[:0] if self.rows is None else every[~torch.isin(every, self.rows)]
+        self._prefix: dict[tuple[int, bool], tuple[float, torch.Tensor]] = {}
+        self._backward: dict[tuple[int, int], float] = {}
         self._row: dict[tuple[int, int], float] = {}
 
-    def prefix(self, index: int) -> tuple[float, torch.Tensor]:
-        if index not in self._prefix:
-            self._prefix[index] = measure(lambda: self.setting.prefix(self.x, index), self.device)
-        return self._prefix[index]
+    def prefix(self, index: int, others: bool = False) -> tuple[float, torch.Tensor]:
+        """Seconds and activations of the prefix over the rows the targets depend on (``others``:
+        over DiFull's other cells)."""
+        if (index, others) not in self._prefix:
+            rows = self.other_rows if others else self.rows
 
-    def backward(self, index: int) -> float:
-        """One forward of the network after the layer over the batch, then one backward per target
-        (DiFull: one for all, the heads being disconnected): the least autograd can do."""
-        if index not in self._backward:
-            setting, a = self.setting, self.prefix(index)[1]
+            def run() -> torch.Tensor:
+                with torch.no_grad():
+                    net = self.setting.split(self.x)
+                    return self.setting.model.run_blocks(net if rows is None else net[rows], -1, index)
+
+            self._prefix[index, others] = measure(run, self.device)
+        return self._prefix[index, others]
+
+    def backward(self, index: int, units: int) -> float:
+        """One forward of the network after the layer over ``units`` grid images (the prefix's rows,
+        repeated), then one backward per target (DiFull: one for all, each target cell's row scored
+        by its own head): the least autograd can do for one batch."""
+        if (index, units) not in self._backward:
+            setting, model, a = self.setting, self.setting.model, self.prefix(index)[1]
             B, T = self.x.shape[0], len(self.cells)
-            grid = torch.arange(B, device=self.device)
-            passes = [None] if setting.disconnected else [torch.full((B,), t, device=self.device) for t in range(T)]
+            source = torch.cat([a] * ceil(units / B))[: units * len(a) // B]
+            grid = torch.arange(units, device=self.device) % B
 
             def run() -> None:
                 with torch.enable_grad():
-                    h = a.detach().requires_grad_(True)
+                    h = source.detach().requires_grad_(True)
+                    if self.rows is not None:  # row r: target r % T of grid image r // T
+                        logits = model.head(model.run_blocks(h, index))
+                        torch.autograd.grad(logits.gather(1, self.targets.classes[grid].reshape(-1, 1)).sum(), h)
+                        return
                     logits = setting.suffix(h, index)
-                    for i, target in enumerate(passes):
-                        values = target_logits(logits, self.targets, grid, target)
-                        torch.autograd.grad(values.sum(), h, retain_graph=i < len(passes) - 1)
+                    for t in range(T):
+                        values = target_logits(logits, self.targets, grid, torch.full_like(grid, t))
+                        torch.autograd.grad(values.sum(), h, retain_graph=t < T - 1)
 
-            self._backward[index] = measure(run, self.device)[0]
-        return self._backward[index]
+            self._backward[index, units] = measure(run, self.device)[0]
+        return self._backward[index, units]
 
     def row(self, start: int, count: int) -> float:
         """Seconds per network row of a forward from layer ``start`` (-1: the whole network), timed
         on one batch of ``count`` rows or of ``--batch-size`` units if fewer (per-row cost on a CPU
         depends on the batch)."""
-        u = self.units
-        chunk = min(count, self.batch_size * u)
+        chunk = min(count, self.batch_size * self.units)
         if (start, chunk) not in self._row:
             setting, model = self.setting, self.setting.model
-            source = setting.split(self.x) if start == -1 else self.prefix(start)[1]
-            source = source[:u]  # the rows of one grid image (DiFull: its cells)
-            rows = source.repeat(ceil(chunk / len(source)), 1, 1, 1)[:chunk]
+            source = self.prefix(start)[1]  # start -1: the input rows
+            rows = torch.cat([source] * ceil(chunk / len(source)))[:chunk]
 
             def run() -> torch.Tensor:
                 with torch.no_grad():
@@ -268,10 +295,15 @@ class Floors:
     def seconds(self, layer: str, method: str, config: Any, channels: int) -> float:
         """The floor of one (layer, method); ``channels``: Score-CAM / Ablation-CAM perturbations."""
         index = self.setting.model.layer_index(layer)
-        prefix_s, a = self.prefix(index)
-        if method in GRADIENT or method == "intgrad":
-            return prefix_s + (config.steps if method == "intgrad" else 1) * self.backward(index)
-        if method in CHANNEL_METHODS:
-            a = a[:, :channels]
-        count = self.x.shape[0] * perturbations(method, config, self.setting, self.cells, a)
-        return prefix_s + count * self.row(-1 if method == "scorecam" else index, count)
+        with channels_last(self.setting.model.module, self.device):
+            prefix_s, a = self.prefix(index)
+            if method in WHOLE and len(self.other_rows) and index >= 0:
+                prefix_s += self.prefix(index, others=True)[0]
+            if method in GRADIENT or method == "intgrad":  # intgrad: (grid image, step) pairs
+                units = self.x.shape[0] * (config.steps if method == "intgrad" else 1)
+                batch = min(units, self.batch_size)
+                return prefix_s + units / batch * self.backward(index, batch)
+            scale = self.setting.n if self.setting.disconnected else 1
+            size = (a.shape[-2] * scale, a.shape[-1] * scale)
+            count = self.x.shape[0] * perturbations(method, config, self.setting, self.cells, channels, size)
+            return prefix_s + count * self.row(-1 if method == "scorecam" else index, count)

@@ -126,6 +126,29 @@ def test_a_wrong_map_is_caught():
     assert "note" not in result
 
 
+def test_maps_that_differ_are_rechecked_on_attrclis_kernels(monkeypatch):
+    adapter = tiny_adapter()
+    ours = np.random.default_rng(0).standard_normal((2, 4, 6, 6))
+    seen = []
+
+    def loop_maps(case, images, labels, cells, targets):  # rounds differently unless channels-last
+        conv = next(p for p in adapter.module.parameters() if p.dim() == 4)
+        seen.append(conv.is_contiguous(memory_format=torch.channels_last))
+        return ours + (0 if seen[-1] else 0.05 * np.abs(ours).max())
+
+    monkeypatch.setattr(bench, "loop_maps", loop_maps)
+    case = loop.LoopCase(None, "input", "grad", None, 4, 0)
+    cpu = torch.device("cpu")
+    found = bench._agreement(case, adapter, None, None, [0], 1, ours, loop_maps(case, None, None, None, 1), None, cpu)
+    assert seen == [False, True]  # the second loop pass ran on channels-last weights
+    assert found["status"] == "differ" and found["same_kernels"]["status"] == "agree"
+    assert not any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                   for p in adapter.module.parameters())  # and the weights were put back
+    report = bench.summarise([{"model": "vgg11", "setting": "gridpg", "layer": "input", "method": "grad",
+                               "speedup": 2.0, "agreement": found}])
+    assert report["agreement"] == {"rounding": 1} and report["differ"] == []
+
+
 def test_normalised_comparison_ignores_scale_but_not_shape():
     pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.image import scale_cam_image
@@ -154,6 +177,43 @@ def test_capped_view_keeps_shapes_and_cuts_the_layer():
     torch.testing.assert_close(view.logits(x), expected)
     last = work.capped(adapter, "features.7", 3, 6)  # the last block: the head widens
     assert last.logits(x).shape == (1, CLASSES)
+
+
+def test_floors_run_channels_last_and_the_loop_sees_the_model_as_loaded(tmp_path, monkeypatch, one_thread):
+    """The floors time attrcli's kernels (channels-last convolution weights on the CPU); the loop,
+    timed between attrcli's calls and the floors, sees the weights as loaded."""
+    adapter = tiny_adapter()
+    weight = adapter.module.features[0].weight
+    layouts: dict[str, set[bool]] = {"floor": set(), "loop": set()}
+
+    def spy(side, real):
+        def wrapped(*args, **kwargs):
+            layouts[side].add(weight.is_contiguous(memory_format=torch.channels_last))
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(work, "measure", spy("floor", work.measure))
+    monkeypatch.setattr(bench, "loop_maps", spy("loop", bench.loop_maps))
+    grids = {"corners": work.random_grid_file(tmp_path / "g.h5", adapter, variant="corners", count=1)}
+    plan = bench.Plan(grids=1, batch_size=4, reduced=work.Reduced(masks=4), loop_targets=1, repeats=1,
+                      settings=("difull",), layers=("middle",), methods=("grad", "gradcam", "rise"))
+    bench.bench_model(adapter, grids, plan, tmp_path, torch.device("cpu"), lambda line: None)
+    assert layouts == {"floor": {True}, "loop": {False}}
+    assert weight.is_contiguous()
+
+
+def test_difull_floors_run_the_target_cells_and_whole_maps_the_other_prefix(one_thread):
+    from attrcli.settings import create_setting
+
+    adapter = tiny_adapter()
+    setting = create_setting("difull", adapter, 2)
+    labels = torch.randint(0, CLASSES, (3, 4), generator=torch.Generator().manual_seed(0))
+    floors = work.Floors(setting, torch.randn(3, 3, 16, 16), labels, setting.default_cells(), 4, torch.device("cpu"))
+    index = adapter.layer_index("middle")
+    assert len(floors.prefix(index)[1]) == len(floors.prefix(index, others=True)[1]) == 3 * 2
+    grad = floors.seconds("middle", "grad", None, 6)
+    assert floors.seconds("middle", "gradcam", None, 6) == pytest.approx(grad + floors.prefix(index, others=True)[0])
+    assert floors.seconds("input", "gradcam", None, 3) == floors.seconds("input", "grad", None, 3)
 
 
 def test_together_calls_group_specs_by_layer(rows):
