@@ -123,7 +123,7 @@ def perturbed_scores(
         out = torch.zeros(B, T, items, device=ctx.device, dtype=ctx.evaluated.dtype)
     step = ctx.batch_size * ctx.units_per_grid
     scores = out.new_empty((len(grid), T) if target is None else (len(grid),))  # in plan order
-    with torch.no_grad():
+    with torch.inference_mode():  # the perturbed rows and their logits are never differentiated
         for start in range(0, len(grid), step):
             g, i = grid[start : start + step], item[start : start + step]
             t = None if target is None else target[start : start + step]
