@@ -279,7 +279,8 @@ def _cam(name: str) -> Runner:
         cam = getattr(cams, name)(model=net, target_layers=[case.layer_module(net)], **kwargs)
         try:
             cam.batch_size = case.batch_size  # ScoreCAM's masked images per forward
-            cam.compute_input_gradient = case.layer == "input"
+            # frozen weights (attrcli's channels-last kernels, for the recheck): the input is the leaf
+            cam.compute_input_gradient = case.layer == "input" or not any(p.requires_grad for p in net.parameters())
             with contextlib.redirect_stderr(io.StringIO()):  # its per-batch progress bars
                 return cam(input_tensor=x, targets=[ClassifierOutputTarget(target.index)])[0]
         finally:

@@ -226,21 +226,27 @@ def test_a_single_chunk_writes_no_checkpoint_and_clears_a_stale_one(workdir, mod
     assert sorted(p.name for p in Path("cache").rglob("*") if p.is_file()) == ["grad.h5", "grad.h5.lock"]
 
 
-def test_maps_are_computed_channels_last_and_the_weights_are_put_back(workdir, model, monkeypatch):
+def test_maps_are_computed_channels_last_with_frozen_weights_and_both_are_put_back(workdir, model, monkeypatch):
     grids = write_grids(Path("g.h5"), count=3)
-    weights = {name: (p.data_ptr(), p.stride()) for name, p in model.module.named_parameters()}
+    model.module.classifier[0].weight.requires_grad_(False)  # a user's own flag survives too
+    weights = {name: (p.data_ptr(), p.stride(), p.requires_grad) for name, p in model.module.named_parameters()}
     seen = []
     compute = engine.compute_maps
 
     def spying(setting, x, *args, **kwargs):
         conv = next(p for p in setting.model.module.parameters() if p.dim() == 4)
-        seen.append(conv.is_contiguous(memory_format=torch.channels_last))
+        frozen = not any(p.requires_grad for p in setting.model.module.parameters())
+        seen.append((conv.is_contiguous(memory_format=torch.channels_last), frozen))
         return compute(setting, x, *args, **kwargs)
 
     monkeypatch.setattr(engine, "compute_maps", spying)
-    results = attribute(grids=grids, setting="gridpg", model=model, layers="input,final", methods="grad,gradcam")
-    assert seen == [True]
-    assert {name: (p.data_ptr(), p.stride()) for name, p in model.module.named_parameters()} == weights
+    try:
+        results = attribute(grids=grids, setting="gridpg", model=model, layers="input,final", methods="grad,gradcam")
+        restored = {name: (p.data_ptr(), p.stride(), p.requires_grad) for name, p in model.module.named_parameters()}
+    finally:
+        model.module.classifier[0].weight.requires_grad_(True)
+    assert seen == [(True, True)]  # channels-last and frozen while maps are computed
+    assert restored == weights
     setting = create_setting("gridpg", model, 2)
     x = torch.from_numpy(read_artifact(grids).data["images"])
     labels = torch.from_numpy(read_artifact(grids).data["labels"])
