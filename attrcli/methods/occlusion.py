@@ -94,10 +94,11 @@ class Occlusion(Method):
         cover_y, cover_x = coverage(ys, ky, H, ctx.device), coverage(xs, kx, W, ctx.device)
         touched = None
         if ctx.setting.disconnected:  # a row is a cell: coverage of the target's cell positions
-            touched = touched_windows(ctx, ys, xs, (ky, kx), (H, W))
             (h, w), offsets = a.shape[-2:], cell_offsets(ctx, (H, W)).tolist()
             in_row_y = torch.stack([cover_y[:, top : top + h] for top, _ in offsets]).bool()
             in_row_x = torch.stack([cover_x[:, left : left + w] for _, left in offsets]).bool()
+            # only windows overlapping target t's cell can move head t
+            touched = (in_row_y.any(-1)[:, :, None] & in_row_x.any(-1)[:, None, :]).flatten(1)
         else:
             in_row_y, in_row_x = cover_y[None].bool(), cover_x[None].bool()
 
@@ -115,20 +116,3 @@ class Occlusion(Method):
             cover_y, cover_x = cover_y.to(drop.dtype), cover_x.to(drop.dtype)
             total = torch.einsum("iy,btij,jx->btyx", cover_y, drop, cover_x)
             return total / (cover_y.sum(0)[:, None] * cover_x.sum(0)[None, :])
-
-
-def touched_windows(
-    ctx, ys: list[int], xs: list[int], k: tuple[int, int], size: tuple[int, int]
-) -> torch.Tensor:
-    """DiFull: ``(T, windows)``, whether window ``(i, j)`` overlaps target t's cell (the others
-    cannot move head t)."""
-    n = ctx.setting.n
-    cell_h, cell_w = size[0] // n, size[1] // n
-    starts_y, starts_x = torch.tensor(ys), torch.tensor(xs)
-    rows = []
-    for cell in ctx.targets.cells.tolist():
-        top, left = cell // n * cell_h, cell % n * cell_w
-        hit_y = (starts_y < top + cell_h) & (starts_y + k[0] > top)
-        hit_x = (starts_x < left + cell_w) & (starts_x + k[1] > left)
-        rows.append((hit_y[:, None] & hit_x[None, :]).reshape(-1))
-    return torch.stack(rows)
