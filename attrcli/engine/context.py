@@ -21,7 +21,7 @@ from functools import cached_property
 
 import torch
 
-from attrcli.engine.gradients import select_cells, target_gradients, target_logits
+from attrcli.engine.gradients import scatter_rows, select_cells, target_gradients, target_logits
 from attrcli.settings.base import GridSetting, Targets
 
 __all__ = ["AttributionContext", "target_logits"]
@@ -82,9 +82,7 @@ class AttributionContext:
         net = self.setting.split(self.x)
         with torch.no_grad():
             part = self.setting.model.run_blocks(net[rows], -1, self.layer_index)
-        out = part.new_zeros((len(net), *part.shape[1:]))
-        out[rows] = part
-        return out
+        return scatter_rows(part, rows, len(net))
 
     def explained_units(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Grid and target index of each unit to explain; target ``None`` in DiFull (all)."""

@@ -90,7 +90,7 @@ def select_cells(setting: GridSetting, targets: Targets, maps: torch.Tensor) -> 
     return maps * mask.view(shape)
 
 
-def _scatter(part: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tensor:
+def scatter_rows(part: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tensor:
     """Network-layout rows ``part`` placed at ``rows`` of a zero tensor of ``total`` rows."""
     out = part.new_zeros((total, *part.shape[1:]))
     out[rows] = part
@@ -179,7 +179,7 @@ def shared_gradients(
                     grads = target_gradients(setting, logits, targets, grid, inputs, retain_graph=retain)
                 else:
                     grads = _cell_gradients(setting, h, targets, rows, inputs, retain_graph=retain)
-                    grads = [setting.to_map(_scatter(g, rows, len(net)))[:, None] for g in grads]
+                    grads = [setting.to_map(scatter_rows(g, rows, len(net)))[:, None] for g in grads]
                 out[name] = {
                     i: LayerGradients(activations[i], select_cells(setting, targets, g))
                     for i, g in zip(wanted[name], grads)
@@ -193,7 +193,7 @@ def _whole_rows(
 ) -> dict[int, torch.Tensor]:
     """Network-layout activations of every row at the ``every`` layers, from the target rows'
     ``captured`` ones: the other rows are computed at the ``whole`` layers, zero elsewhere."""
-    out = {i: _scatter(a.detach(), rows, len(net)) for i, a in captured.items() if i in every}
+    out = {i: scatter_rows(a.detach(), rows, len(net)) for i, a in captured.items() if i in every}
     if -1 in out:
         out[-1] = net
     deeper = sorted(i for i in whole & every if i >= 0)
