@@ -21,7 +21,14 @@ from functools import cached_property
 
 import torch
 
-from attrcli.engine.gradients import scatter_rows, select_cells, target_gradients, target_logits
+from attrcli.engine.gradients import (
+    other_rows,
+    own_class_gradients,
+    scatter_rows,
+    select_cells,
+    target_gradients,
+    target_logits,
+)
 from attrcli.settings.base import GridSetting, Targets
 
 __all__ = ["AttributionContext", "target_logits"]
@@ -64,8 +71,7 @@ class AttributionContext:
                 return self.setting.prefix(self.x, self.layer_index)
         # the target rows are already computed: run the prefix on the other rows only
         net = self.setting.split(self.x)
-        others = torch.ones(len(net), dtype=torch.bool, device=self.device)
-        others[rows] = False
+        others = other_rows(rows, len(net))
         full = self.evaluated.clone()
         with torch.no_grad():
             full[others] = self.setting.model.run_blocks(net[others], -1, self.layer_index)
@@ -151,10 +157,7 @@ class AttributionContext:
         with torch.enable_grad():
             a = a.detach().requires_grad_(True)
             logits = model.head(model.run_blocks(a, self.layer_index))  # (R, classes)
-            pick = torch.zeros_like(logits)
-            value = torch.ones(len(a), dtype=logits.dtype, device=a.device) if scale is None else scale
-            pick[torch.arange(len(a), device=a.device), self.targets.classes[grid, target]] = value.to(logits.dtype)
-            (grad,) = torch.autograd.grad(logits, a, pick)
+            (grad,) = own_class_gradients(logits, self.targets.classes[grid, target], [a], scale=scale)
         return grad
 
     def cells_to_map(self, maps: torch.Tensor) -> torch.Tensor:

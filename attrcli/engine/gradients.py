@@ -97,18 +97,23 @@ def scatter_rows(part: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Te
     return out
 
 
-def _cell_gradients(
-    setting: GridSetting, features: torch.Tensor, targets: Targets, rows: torch.Tensor,
-    inputs: Sequence[torch.Tensor], *, retain_graph: bool,
+def own_class_gradients(
+    logits: torch.Tensor, classes: torch.Tensor, inputs: Sequence[torch.Tensor], *,
+    scale: torch.Tensor | None = None, retain_graph: bool = False,
 ) -> list[torch.Tensor]:
-    """DiFull on target cells alone: the gradient of each cell row's own head logit (row ``r``
-    shows target ``r % T`` of grid image ``r // T``) w.r.t. each of ``inputs``, in one backward."""
-    logits = setting.model.head(features)  # (R, classes)
-    count = targets.count
-    index = torch.arange(len(rows), device=logits.device)
+    """Gradients w.r.t. each of ``inputs`` of every row's own logit ``logits[r, classes[r]]``
+    (times ``scale[r]``), in one backward: DiFull cell rows, each scored by its own head."""
     pick = torch.zeros_like(logits)
-    pick[index, targets.classes[index // count, index % count]] = 1
+    value = 1 if scale is None else scale.to(logits.dtype)
+    pick[torch.arange(len(logits), device=logits.device), classes] = value
     return list(torch.autograd.grad(logits, list(inputs), pick, retain_graph=retain_graph))
+
+
+def other_rows(rows: torch.Tensor, total: int) -> torch.Tensor:
+    """Boolean mask of the ``total`` network-layout rows not in ``rows``."""
+    others = torch.ones(total, dtype=torch.bool, device=rows.device)
+    others[rows] = False
+    return others
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,10 @@ def shared_gradients(
             if rows is None:
                 logits = setting.heads(h)
                 activations = {i: a.detach() for i, a in captured.items() if i in every}
-            else:
+            else:  # row r is target r % T of grid image r // T, scored by its own head
+                logits = setting.model.head(h)
+                slot = torch.arange(len(rows), device=x.device)
+                classes = targets.classes[slot // targets.count, slot % targets.count]
                 activations = _whole_rows(setting, net, rows, captured, every, set(whole))
             activations = {i: setting.to_map(a)[:, None] for i, a in activations.items()}
             rules = list(wanted)
@@ -178,7 +186,7 @@ def shared_gradients(
                 if rows is None:
                     grads = target_gradients(setting, logits, targets, grid, inputs, retain_graph=retain)
                 else:
-                    grads = _cell_gradients(setting, h, targets, rows, inputs, retain_graph=retain)
+                    grads = own_class_gradients(logits, classes, inputs, retain_graph=retain)
                     grads = [setting.to_map(scatter_rows(g, rows, len(net)))[:, None] for g in grads]
                 out[name] = {
                     i: LayerGradients(activations[i], select_cells(setting, targets, g))
@@ -198,8 +206,7 @@ def _whole_rows(
         out[-1] = net
     deeper = sorted(i for i in whole & every if i >= 0)
     if deeper:
-        others = torch.ones(len(net), dtype=torch.bool, device=net.device)
-        others[rows] = False
+        others = other_rows(rows, len(net))
         with torch.no_grad():
             h = net[others]
             for index in range(deeper[-1] + 1):
