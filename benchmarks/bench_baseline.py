@@ -31,7 +31,8 @@ Models: ``vgg11`` and ``resnet18`` with fixed-seed random weights on random norm
 2×2 grids; ``digits-vgg11`` / ``digits-resnet18`` with their trained weights (trained on first use
 into ``--cache-dir``) on grids from the real digits pipeline, or ``--digits-weights random``.
 On a machine shared with other jobs use ``--threads 1``: several torch threads on oversubscribed
-cores stall unpredictably (small passes then vary 100-fold).
+cores stall unpredictably (small passes then vary 100-fold). Both sides run under the CPU
+allocator policy ``attribute`` sets (:mod:`attrcli.engine.allocator`), set before either runs.
 
     pip install grad-cam                                    # the baseline (extra "bench")
     python benchmarks/bench_baseline.py --quick             # JSON + markdown in benchmarks/out/
@@ -81,6 +82,7 @@ from _baseline_work import (
     random_grid_file,
 )
 
+from attrcli.engine.allocator import retain_freed_memory
 from attrcli.engine.attribute import attribute, channels_last, resolve_device
 from attrcli.engine.grids import load_grid_file
 from attrcli.methods import parse_method
@@ -323,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    retain_freed_memory()  # as attribute sets it on the CPU; from the start, so the loop has it too
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
     plans = {}

@@ -20,7 +20,8 @@ on a loaded machine (torch's thread count is left as it is). The intgrad floor i
 forward+backward of the suffix over the replicated rows, times the number of steps; the engine
 batches (grid image, step) pairs under the same ``--batch-size`` as the chunk (B grid images). Inputs are random normalised grids: timing does not depend on the content.
 Engine and floors run with the convolution weights channels-last on the CPU, as ``attribute``
-runs them (:func:`attrcli.engine.attribute.channels_last`).
+runs them (:func:`attrcli.engine.attribute.channels_last`), and under its CPU allocator policy
+(:mod:`attrcli.engine.allocator`).
 
     python benchmarks/bench_engine.py            # all four models, writes benchmarks/out/bench_engine.json
     python benchmarks/bench_engine.py --quick    # fewer repetitions
@@ -40,6 +41,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from attrcli.engine.allocator import retain_freed_memory
 from attrcli.engine.attribute import channels_last, compute_maps, exact_float32, resolve_device
 from attrcli.engine.gradients import target_logits
 from attrcli.engine.grids import GridFile
@@ -222,6 +224,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        retain_freed_memory()  # as attribute runs on the CPU (floors too)
     results = []
     with exact_float32():  # as the engine runs on CUDA: no TF32 (floors and engine alike)
         for model in args.models.split(","):

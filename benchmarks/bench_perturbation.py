@@ -10,9 +10,11 @@ Issue "Perturbation and ablation methods" bars:
   per-target loop with a hook at the layer would), timed on a few batches and scaled to the
   count; ``speedup_vs_whole`` is that time over the method's.
 - timing: CPU time of the process with one torch thread (``--threads``), so that other work on
-  the machine does not move the ratios; wall time on CUDA. Medians of ``--repeats`` runs, method
-  and floor interleaved. Everything runs with the convolution weights in channels-last layout on
-  the CPU, as ``attribute`` runs them (:func:`attrcli.engine.attribute.channels_last`).
+  the machine does not move the ratios; wall time on CUDA. Medians of at least ``--repeats`` runs
+  (more in short cases, until the method has run a second), method and floor interleaved.
+  Everything runs with the convolution weights in channels-last layout on the CPU, as ``attribute`` runs them (:func:`attrcli.engine.attribute.channels_last`), and
+  under its CPU allocator policy (:mod:`attrcli.engine.allocator`): without it glibc returns
+  freed batches to the system and faults them back in, which cost occlusion up to 1.3× its floor.
 - memory: the peak resident memory of RISE with 6000 masks and of Score-CAM at a 512-channel
   layer stay within 1.5× of the same run with 1000 masks / at a 64-channel layer, at equal
   ``--batch-size``. Each memory case runs in a fresh subprocess so its ``ru_maxrss`` is its own;
@@ -41,10 +43,12 @@ from pathlib import Path
 
 import torch
 
+from attrcli.engine.allocator import retain_freed_memory
 from attrcli.engine.attribute import channels_last
 
 OUT = Path(__file__).parent / "out" / "bench_perturbation.json"
 N, BATCH, MEMORY_BATCH = 2, 32, 16
+MIN_SECONDS = 1.0  # short cases repeat until the method has run this long
 METHODS = ("occlusion", "rise:masks=250", "ablationcam", "scorecam")
 
 
@@ -85,9 +89,9 @@ def _record(method, ctx) -> list[tuple[bool, tuple[int, ...], int, bool]]:
     calls = []
     original = _perturb.evaluate
 
-    def spy(ctx, rows, grid, target, *, layer_index, softmax=False):
-        calls.append((target is None, tuple(rows.shape), layer_index, softmax))
-        return original(ctx, rows, grid, target, layer_index=layer_index, softmax=softmax)
+    def spy(ctx, rows, classes, *, layer_index, softmax=False):
+        calls.append((not ctx.setting.disconnected, tuple(rows.shape), layer_index, softmax))
+        return original(ctx, rows, classes, layer_index=layer_index, softmax=softmax)
 
     _perturb.evaluate = spy
     try:
@@ -145,9 +149,9 @@ def speed_case(model, setting: str, layer: str, spec: str, device: torch.device,
     method = parse_method(spec).build(cell_size=model.cell_size, layer=layer)
     calls = _record(method, ctx)
     method_times, floor_times = [], []
-    for _ in range(repeats):  # interleaved, so background load hits both alike
+    while len(method_times) < repeats or sum(method_times) < MIN_SECONDS:
         start = _clock(device)
-        method.attribute(ctx)
+        method.attribute(ctx)  # background load hits method and floor alike
         method_times.append(_clock(device) - start)
         floor_times.append(_replay(ctx, calls))
     seconds, floor = statistics.median(method_times), statistics.median(floor_times)
@@ -157,7 +161,7 @@ def speed_case(model, setting: str, layer: str, spec: str, device: torch.device,
         "forward_passes": len(calls), "rows": sum(shape[0] for _, shape, _, _ in calls),
         "seconds": seconds, "floor_seconds": floor, "ratio_to_floor": seconds / floor,
         "whole_network_seconds": whole, "speedup_vs_whole": whole / seconds,
-        "grids": ctx.grids, "attributions_per_second": ctx.grids * ctx.targets.count / seconds,
+        "repeats": len(method_times), "grids": ctx.grids, "attributions_per_second": ctx.grids * ctx.targets.count / seconds,
     }
 
 
@@ -168,6 +172,8 @@ def memory_worker(case: str, device: str) -> dict:
     name, _, value = case.partition(":")
     dev = torch.device(device)
     torch.set_num_threads(1)
+    if dev.type == "cpu":
+        retain_freed_memory()
     if name == "rise":
         model, layer, spec = _model(), "middle", f"rise:masks={value}"
     else:
@@ -216,6 +222,8 @@ def main() -> None:
         return
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        retain_freed_memory()  # as attribute runs on the CPU; method and floor alike
     model = _model().to(device)
     speed = []
     for setting in args.settings.split(","):

@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from attrcli.engine.allocator import retain_freed_memory
 from attrcli.engine.checkpoint import Checkpoint, InMemory
 from attrcli.engine.context import AttributionContext
 from attrcli.engine.gradients import GUIDED, PLAIN, shared_gradients
@@ -199,6 +200,8 @@ def attribute(
             stack.enter_context(artifact_lock(job.path, wait=wait))
         stack.enter_context(exact_float32())
         stack.enter_context(channels_last(adapter.module, dev))
+        if dev.type == "cpu":
+            retain_freed_memory()
         for grid_setting, _ in settings:
             mine = [j for j in todo if j.setting is grid_setting and j.kind != "derived"]
             results += _run_jobs(grid_file, mine, dev, batch_size, seed, progress, rows)

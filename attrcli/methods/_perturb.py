@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from attrcli.engine.context import AttributionContext
     from attrcli.methods.base import Method
 
-Build = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+Build = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]  # (rows, target, item)
 
 
 def row_index(ctx: AttributionContext, grid: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
@@ -52,30 +52,25 @@ def cell_offsets(ctx: AttributionContext, size: tuple[int, int]) -> torch.Tensor
 
 
 def evaluate(
-    ctx: AttributionContext,
-    rows: torch.Tensor,
-    grid: torch.Tensor,
-    target: torch.Tensor | None,
-    *,
-    layer_index: int,
-    softmax: bool = False,
+    ctx: AttributionContext, rows: torch.Tensor, classes: torch.Tensor, *, layer_index: int, softmax: bool = False
 ) -> torch.Tensor:
     """Target scores of perturbed rows at a layer: ``(R, T)`` in connected settings, ``(R,)`` in DiFull.
 
-    DiFull rows are single cells: head i of DiFull is the model's head applied to cell i alone,
-    so a cell row is scored without its n² − 1 neighbours.
+    ``classes``: each row's target classes, ``(R, T)`` or ``(R,)``. DiFull rows are single cells:
+    head i of DiFull is the model's head applied to cell i alone, so a cell row is scored
+    without its n² − 1 neighbours.
     """
-    if target is None:
+    if not ctx.setting.disconnected:
         logits = ctx.setting.suffix(rows, layer_index)  # (R, heads, classes)
         if softmax:
             logits = logits.softmax(-1)
         picked = torch.arange(len(rows), device=rows.device)[:, None]
-        return logits[picked, ctx.targets.heads[None], ctx.targets.classes[grid]]
+        return logits[picked, ctx.targets.heads[None], classes]
     model = ctx.setting.model
     logits = model.head(model.run_blocks(rows, layer_index))  # (R, classes)
     if softmax:
         logits = logits.softmax(-1)
-    return logits.gather(1, ctx.targets.classes[grid, target][:, None])[:, 0]
+    return logits.gather(1, classes[:, None])[:, 0]
 
 
 def plan(
@@ -109,14 +104,17 @@ def perturbed_scores(
 ) -> torch.Tensor:
     """Scores ``(B, T, items)`` of ``items`` perturbations of every grid image.
 
-    ``build(grid, target, item)`` returns the perturbed network-layout rows of a chunk of
-    evaluations (see :func:`row_index`); builders copy the rows with :func:`gather` and mask
-    them in place, as an out-of-place broadcast product is several times slower on the CPU. A
-    forward pass holds at most ``--batch-size`` units (in DiFull ``batch_size · n²`` cell rows). Pairs left out by ``touched`` get ``fill``
-    ``(B, T)``, the unperturbed score.
+    ``build(rows, target, item)`` returns the perturbed network-layout rows of a chunk of
+    evaluations, given their indices (see :func:`row_index`); builders copy the rows with
+    :func:`gather` and mask them in place, as an out-of-place broadcast product is several
+    times slower on the CPU. A forward pass holds at most ``--batch-size`` units (in DiFull
+    ``batch_size · n²`` cell rows). Row indices and target classes are made once for the whole
+    plan. Pairs left out by ``touched`` get ``fill`` ``(B, T)``, the unperturbed score.
     """
     B, T = ctx.grids, ctx.targets.count
     grid, target, item = plan(ctx, items, touched)
+    rows = row_index(ctx, grid, target)
+    classes = ctx.targets.classes[grid] if target is None else ctx.targets.classes[grid, target]
     if fill is not None:
         out = fill[:, :, None].expand(B, T, items).clone()
     else:
@@ -125,9 +123,9 @@ def perturbed_scores(
     scores = out.new_empty((len(grid), T) if target is None else (len(grid),))  # in plan order
     with torch.inference_mode():  # the perturbed rows and their logits are never differentiated
         for start in range(0, len(grid), step):
-            g, i = grid[start : start + step], item[start : start + step]
-            t = None if target is None else target[start : start + step]
-            scores[start : start + step] = evaluate(ctx, build(g, t, i), g, t, layer_index=layer_index, softmax=softmax)
+            chunk = slice(start, start + step)
+            perturbed = build(rows[chunk], None if target is None else target[chunk], item[chunk])
+            scores[chunk] = evaluate(ctx, perturbed, classes[chunk], layer_index=layer_index, softmax=softmax)
     if target is None:
         out[grid, :, item] = scores
     else:
@@ -139,7 +137,7 @@ def reference_scores(ctx: AttributionContext, *, softmax: bool = False) -> torch
     """Unperturbed target scores ``(B, T)`` of the layer's activations."""
     a = ctx.evaluated
     return perturbed_scores(
-        ctx, 1, lambda g, t, i: gather(a, row_index(ctx, g, t)), layer_index=ctx.layer_index, softmax=softmax
+        ctx, 1, lambda rows, t, i: gather(a, rows), layer_index=ctx.layer_index, softmax=softmax
     )[..., 0]
 
 

@@ -19,7 +19,6 @@ from attrcli.methods._perturb import (
     gather,
     perturbed_scores,
     reference_scores,
-    row_index,
 )
 from attrcli.methods.base import METHODS, Method
 
@@ -35,9 +34,9 @@ class AblationCAM(Method):
         a = ctx.evaluated  # in DiFull only the target cells' rows: all that is perturbed
         channels = torch.arange(a.shape[1], device=ctx.device)
 
-        def build(grid, target, channel):
+        def build(rows, target, channel):
             keep = (channels[None] != channel[:, None]).to(a.dtype)
-            return gather(a, row_index(ctx, grid, target)).mul_(keep[:, :, None, None])
+            return gather(a, rows).mul_(keep[:, :, None, None])
 
         with torch.no_grad():
             y = reference_scores(ctx)  # (B, T)

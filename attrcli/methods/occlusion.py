@@ -40,11 +40,11 @@ from attrcli.methods._perturb import (
     gather,
     perturbed_scores,
     reference_scores,
-    row_index,
 )
 from attrcli.methods.base import METHODS, Method
 
 PAPER_CELL = 224
+TABLE_BYTES = 8 * 2**20  # window masks made once per call up to this size, else per batch
 
 
 @dataclass(frozen=True)
@@ -102,16 +102,23 @@ class Occlusion(Method):
         else:
             in_row_y, in_row_x = cover_y[None].bool(), cover_x[None].bool()
 
-        def build(grid, target, item):
-            t = 0 if target is None else target
+        def keep(t, item):  # (R, 1, h, w) row masks: False inside the evaluation's window
             hidden = in_row_y[t, item // len(xs)][:, :, None] & in_row_x[t, item % len(xs)][:, None, :]
-            return gather(a, row_index(ctx, grid, target)).mul_(~hidden[:, None])
+            return ~hidden[:, None]
+
+        items, pairs = len(ys) * len(xs), len(in_row_y) * len(ys) * len(xs)
+        table = None  # every (target, window) mask at once, when small
+        if pairs * in_row_y.shape[-1] * in_row_x.shape[-1] <= TABLE_BYTES:
+            every = torch.arange(pairs, device=ctx.device)
+            table = keep(every // items, every % items)
+
+        def build(rows, target, item):
+            t = 0 if target is None else target
+            return gather(a, rows).mul_(keep(t, item) if table is None else table[t * items + item])
 
         with torch.no_grad():
             y = reference_scores(ctx)
-            occluded = perturbed_scores(
-                ctx, len(ys) * len(xs), build, layer_index=ctx.layer_index, touched=touched, fill=y
-            )
+            occluded = perturbed_scores(ctx, items, build, layer_index=ctx.layer_index, touched=touched, fill=y)
             drop = (y[:, :, None] - occluded).view(ctx.grids, ctx.targets.count, len(ys), len(xs))
             cover_y, cover_x = cover_y.to(drop.dtype), cover_x.to(drop.dtype)
             total = torch.einsum("iy,btij,jx->btyx", cover_y, drop, cover_x)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from attrcli.errors import UserError
-from attrcli.methods._perturb import cell_offsets, gather, perturbed_scores, row_index
+from attrcli.methods._perturb import cell_offsets, gather, perturbed_scores
 from attrcli.methods.base import METHODS, Method
 
 MADE_BYTES = 64 * 2**20  # all upsampled masks are made once when they take at most this
@@ -101,12 +101,12 @@ class RISE(Method):
         cell_h, cell_w = a.shape[-2:]
         offsets = cell_offsets(ctx, size) if ctx.setting.disconnected else None
 
-        def build(grid, target, item):
+        def build(rows, target, item):
             if target is None:
                 m = masks(item, a.dtype)
             else:
                 m = masks(item, a.dtype, offsets[target], (cell_h, cell_w))
-            return gather(a, row_index(ctx, grid, target)).mul_(m[:, None])
+            return gather(a, rows).mul_(m[:, None])
 
         with torch.no_grad():
             probs = perturbed_scores(

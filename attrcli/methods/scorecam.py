@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attrcli.methods._perturb import channel_map, gather, perturbed_scores, row_index
+from attrcli.methods._perturb import channel_map, gather, perturbed_scores
 from attrcli.methods.base import METHODS, Method
 
 
@@ -45,8 +45,7 @@ class ScoreCAM(Method):
         images = ctx.setting.split(ctx.x)  # the image in network layout, one row per unit or cell
         size = tuple(images.shape[-2:])
 
-        def build(grid, target, channel):
-            rows = row_index(ctx, grid, target)
+        def build(rows, target, channel):
             return gather(images, rows).mul_(normalised_masks(a[rows, channel], size).to(images.dtype))
 
         with torch.no_grad():
