@@ -34,6 +34,7 @@ from attrcli.store import write_artifact
 
 GRADIENT = ("grad", "guided-backprop", "ixg", "gradcam", "gradcam++", "layercam")
 CHANNEL_METHODS = ("scorecam", "ablationcam")  # one perturbation per channel of the layer
+REFERENCE_METHODS = ("occlusion", "ablationcam")  # a drop from the unperturbed score: one row more
 WHOLE = ("gradcam", "gradcam++", "scorecam", "ablationcam")  # DiFull maps weighing every cell
 
 
@@ -190,16 +191,19 @@ def perturbations(method: str, config: Any, setting: GridSetting, cells: list[in
                   size: tuple[int, int]) -> int:
     """Network rows one grid image needs pushed through the network after the layer, whose map
     (grid layout) is ``size``: grid rows in connected settings (one serves every target), cell
-    rows in DiFull (one target each)."""
+    rows in DiFull (one target each). Occlusion and Ablation-CAM also score the unperturbed rows,
+    as their maps are drops from that score."""
     T = len(cells) if setting.disconnected else 1
+    reference = T if method in REFERENCE_METHODS else 0
     if method == "occlusion":
         if setting.disconnected:
-            return _touched(setting, cells, size, config.k, config.s)
-        return len(window_starts(size[0], config.k, config.s)) * len(window_starts(size[1], config.k, config.s))
+            return reference + _touched(setting, cells, size, config.k, config.s)
+        windows = len(window_starts(size[0], config.k, config.s)) * len(window_starts(size[1], config.k, config.s))
+        return reference + windows
     if method == "rise":
         return T * config.masks
     if method in CHANNEL_METHODS:
-        return T * channels
+        return reference + T * channels
     raise KeyError(method)
 
 

@@ -216,6 +216,33 @@ def test_difull_floors_run_the_target_cells_and_whole_maps_the_other_prefix(one_
     assert floors.seconds("input", "gradcam", None, 3) == floors.seconds("input", "grad", None, 3)
 
 
+@pytest.mark.parametrize("setting_name", ["gridpg", "difull"])
+def test_perturbation_floors_count_the_rows_the_methods_evaluate(setting_name, monkeypatch):
+    from attrcli.engine.context import AttributionContext
+    from attrcli.methods import _perturb, parse_method
+    from attrcli.settings import create_setting
+
+    adapter, grids = tiny_adapter(), 3
+    setting = create_setting(setting_name, adapter, 2)
+    cells = setting.default_cells()
+    labels = torch.randint(0, CLASSES, (grids, 4), generator=torch.Generator().manual_seed(0))
+    x = torch.randn(grids, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    evaluated = []
+    original = _perturb.evaluate
+    monkeypatch.setattr(_perturb, "evaluate", lambda ctx, rows, *a, **k: evaluated.append(len(rows)) or original(ctx, rows, *a, **k))
+    for layer in ("input", "middle"):
+        ctx = AttributionContext(setting=setting, x=x, targets=setting.targets(labels, cells), layer=layer,
+                                 layer_index=adapter.layer_index(layer), batch_size=2)
+        a = ctx.activations
+        size = tuple(setting.to_map(a[: ctx.units_per_grid]).shape[-2:])
+        for spec in ("occlusion:k=3,s=2", "ablationcam", "rise:masks=5", "scorecam"):
+            method = parse_method(spec).build(cell_size=adapter.cell_size, layer=layer)
+            evaluated.clear()
+            method.attribute(ctx)
+            expected = work.perturbations(spec.split(":")[0], method.config, setting, cells, a.shape[1], size)
+            assert sum(evaluated) == grids * expected, (layer, spec)
+
+
 def test_together_calls_group_specs_by_layer(rows):
     together = {r["setting"]: r for r in rows if r["method"] == "together"}
     # one call for the specs shared by all layers, one per layer for occlusion's k/s

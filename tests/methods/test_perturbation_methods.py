@@ -18,7 +18,7 @@ from attrcli.errors import UserError
 from attrcli.methods import parse_method
 from attrcli.methods.ablationcam import AblationCAM
 from attrcli.methods.occlusion import Occlusion, OcclusionConfig, window_starts
-from attrcli.methods import rise
+from attrcli.methods import occlusion, rise
 from attrcli.methods._perturb import gather
 from attrcli.methods.rise import RISE, MaskSource, RISEConfig
 from attrcli.methods.scorecam import ScoreCAM, normalised_masks
@@ -163,7 +163,10 @@ def rise_reference(ctx, config):
 
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("layer,index", LAYERS)
-def test_occlusion_equals_plain_loop(setting, layer, index):
+@pytest.mark.parametrize("masks", ["made once", "made per batch"])
+def test_occlusion_equals_plain_loop(setting, layer, index, masks, monkeypatch):
+    if masks == "made per batch":  # the path of maps too large for a table of every window mask
+        monkeypatch.setattr(occlusion, "TABLE_BYTES", 0)
     ctx = context(conv_model(), setting, layer, index, grids=2)
     got = Occlusion(OcclusionConfig(k=3, s=2)).attribute(ctx)
     torch.testing.assert_close(got, occlusion_reference(ctx, 3, 2))
