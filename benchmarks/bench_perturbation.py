@@ -12,9 +12,10 @@ Issue "Perturbation and ablation methods" bars:
 - timing: CPU time of the process with one torch thread (``--threads``), so that other work on
   the machine does not move the ratios; wall time on CUDA. Medians of at least ``--repeats`` runs
   (more in short cases, until the method has run a second), method and floor interleaved.
-  Everything runs with the convolution weights in channels-last layout on the CPU, as ``attribute`` runs them (:func:`attrcli.engine.attribute.channels_last`), and
-  under its CPU allocator policy (:mod:`attrcli.engine.allocator`): without it glibc returns
-  freed batches to the system and faults them back in, which cost occlusion up to 1.3× its floor.
+  Everything runs with the convolution weights in channels-last layout on the CPU, as
+  ``attribute`` runs them (:func:`attrcli.engine.attribute.channels_last`), and under its CPU
+  allocator policy (:mod:`attrcli.engine.allocator`): without it glibc returns freed batches to
+  the system and faults them back in, which cost occlusion up to 1.3× its floor.
 - memory: the peak resident memory of RISE with 6000 masks and of Score-CAM at a 512-channel
   layer stay within 1.5× of the same run with 1000 masks / at a 64-channel layer, at equal
   ``--batch-size``. Each memory case runs in a fresh subprocess so its ``ru_maxrss`` is its own;
@@ -161,7 +162,8 @@ def speed_case(model, setting: str, layer: str, spec: str, device: torch.device,
         "forward_passes": len(calls), "rows": sum(shape[0] for _, shape, _, _ in calls),
         "seconds": seconds, "floor_seconds": floor, "ratio_to_floor": seconds / floor,
         "whole_network_seconds": whole, "speedup_vs_whole": whole / seconds,
-        "repeats": len(method_times), "grids": ctx.grids, "attributions_per_second": ctx.grids * ctx.targets.count / seconds,
+        "repeats": len(method_times), "grids": ctx.grids,
+        "attributions_per_second": ctx.grids * ctx.targets.count / seconds,
     }
 
 
