@@ -119,15 +119,19 @@ def _weightless(model: str) -> ModelAdapter | None:
 
 def _settings(
     grid_file: GridFile, names: list[str], model: ModelAdapter, layers: str | list[str],
-    heads: str | list[int] | None,
+    heads: str | list[int] | None, *, geometry: bool = True,
 ) -> tuple[list[tuple[GridSetting, list[int]]], list[str]]:
-    """Each setting with its evaluated cells, and the layers; raises UserError on any misfit."""
+    """Each setting with its evaluated cells, and the layers; raises UserError on any misfit.
+
+    ``geometry=False`` skips the feature-map check, for a model whose weightless copy passed it.
+    """
     layer_names = model.resolve_layers(layers)
     out = []
     for name in names:
         setting = create_setting(name, model, grid_file.n)
         check_fit(grid_file, setting_name=name, variant=setting.variant, model=model)
-        setting.check_geometry()
+        if geometry:
+            setting.check_geometry()
         out.append((setting, setting.resolve_cells(heads)))
     return out, layer_names
 
@@ -166,18 +170,18 @@ def attribute(
     names = _setting_names(setting)
     grid_file = load_grid_file(grids)
     specs = resolve_methods(methods)
-    if isinstance(model, ModelAdapter):
-        adapter = model
-    else:
-        preview = _weightless(model)
-        if preview is not None:
-            _settings(grid_file, names, preview, layers, heads)
-        adapter = create_model(model, weights=weights, device=dev, cache_dir=cache_root, progress=progress)
+    preview = None if isinstance(model, ModelAdapter) else _weightless(model)
+    if preview is not None:  # a registered model: fail before any weights are loaded or trained
+        _settings(grid_file, names, preview, layers, heads)
+    adapter = model if isinstance(model, ModelAdapter) else create_model(
+        model, weights=weights, device=dev, cache_dir=cache_root, progress=progress
+    )
     adapter.module.eval()
     adapter.to(dev)
     if not adapter.weights_hash:
         adapter.weights_hash = state_dict_hash(adapter.module.state_dict())
-    settings, layer_names = _settings(grid_file, names, adapter, layers, heads)
+    # shapes do not depend on the weights: the weightless copy's geometry check holds for them
+    settings, layer_names = _settings(grid_file, names, adapter, layers, heads, geometry=preview is None)
 
     plans = [plan_jobs(grid_file, s, cells, layer_names, specs, cache_root) for s, cells in settings]
     rows = None

@@ -202,6 +202,26 @@ def test_registered_models_are_checked_before_their_weights_are_loaded_or_traine
     assert _files(workdir) == [workdir / "g.h5"]
 
 
+def test_the_geometry_is_checked_once_per_setting_on_the_weightless_copy_when_there_is_one(workdir, monkeypatch):
+    from attrcli.settings.base import GridSetting
+
+    checked = []
+    check = GridSetting.check_geometry
+
+    def spying(self):
+        checked.append((self.name, next(self.model.module.parameters()).device.type))
+        return check(self)
+
+    monkeypatch.setattr(GridSetting, "check_geometry", spying)
+    grids = write_grids(Path("g.h5"), count=1, variant="corners")
+    kwargs = dict(grids=grids, setting="difull,dipart", layers="final", methods="grad", force=True)
+    attribute(model="digits-vgg11", weights="random", **kwargs)  # registered: a meta copy first
+    assert checked == [("difull", "meta"), ("dipart", "meta")]
+    checked.clear()
+    attribute(model="tests.engine.helpers:tiny_vgg_model", **kwargs)  # a factory has no meta copy
+    assert checked == [("difull", "cpu"), ("dipart", "cpu")]
+
+
 def test_user_models_given_as_module_attr_and_layer_all(workdir):
     grids = write_grids(Path("g.h5"), count=2)
     results = attribute(grids=grids, setting="gridpg", model="tests.engine.helpers:tiny_vgg_model", layers="all", methods="layercam")
