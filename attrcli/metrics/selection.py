@@ -169,6 +169,40 @@ def _check_grid_file(grids: str | Path, keys: list[ArtifactKey], root: Path) -> 
             )
 
 
+#: Grid-file hashes by (path, inode, size, mtime): each file is hashed once per process.
+_GRID_HASHES: dict[tuple, str] = {}
+
+
+def _grid_hash(path: Path) -> str:
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key not in _GRID_HASHES:
+            _GRID_HASHES[key] = file_hash(path)
+    except OSError as exc:
+        raise UserError(f"cannot read grid file {path}: {exc.strerror or exc}") from None
+    return _GRID_HASHES[key]
+
+
+def check_grid_sources(sources: list[AttributionInfo]) -> None:
+    """Refuse attributions whose grid file has changed (or been truncated) since they were made.
+
+    The grid file is the one the attribution records (attribute ``grid_path``); its content hash
+    must equal the one in the attribution's provenance. A grid file that is no longer there is
+    not needed to score, and is not checked.
+    """
+    for source in sources:
+        recorded = source.identity.grids_hash
+        grid = Path(str(source.attrs.get("grid_path", "") or ""))
+        if recorded.startswith("?") or not grid.name or not grid.is_file():
+            continue
+        if _grid_hash(grid) != recorded:
+            raise UserError(
+                f"{source.path} was computed from another version of {grid} (changed or "
+                "truncated since); rerun attrcli attribute for it"
+            )
+
+
 def resolve_reference(spec: str, like: ArtifactKey) -> ArtifactKey:
     """A reference key from ``layer/method`` or ``setting/model/layer/method``, else as ``like``."""
     parts = spec.split("/")

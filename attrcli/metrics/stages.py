@@ -1,4 +1,4 @@
-"""The analysis stages on artifacts: ``score``, ``aggatt``, ``correlate``, and ``summarize``.
+"""The analysis stages on artifacts: ``score``, ``aggatt``, ``correlate``, ``compare``.
 
 Each stage reads artifacts, writes its own under the cache folder (``docs/artifacts.md``) and
 returns what it did; none prints. A stage records the content hashes of its inputs and its
@@ -8,13 +8,14 @@ checked before anything is written.
 
 The cache folder defaults to the one the input artifacts live in
 (``<root>/attributions/...`` -> ``<root>/scores/...``), so stages chained by pipes stay together.
+Intervals and tests (:mod:`attrcli.metrics.intervals`) resample grid images; their config
+(:class:`~attrcli.metrics.intervals.BootstrapConfig`) is part of each artifact's config.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -33,22 +34,32 @@ from attrcli.metrics.caching import (
     score_one,
     status_of,
 )
-from attrcli.metrics.correlation import check_comparable, spearman
+from attrcli.metrics.comparison import ComparisonResult, compare
+from attrcli.metrics.correlation import spearman
+from attrcli.metrics.intervals import PERFECT, BootstrapConfig, spearman_intervals
 from attrcli.metrics.localization import Progress
+from attrcli.metrics.scoresets import (
+    check_inputs,
+    check_name,
+    default_name,
+    load_scores,
+    score_inputs,
+    scores_hashes,
+)
 from attrcli.metrics.selection import (
     AttributionInfo,
     cache_root_of,
-    identify,
+    check_grid_sources,
     inspect_attribution,
     resolve_reference,
     score_input,
     unique_paths,
 )
+from attrcli.metrics.summary import ScoreSummary, summarize
 from attrcli.store import (
     ArtifactKey,
     artifact_lock,
     content_hash,
-    file_hash,
     read_artifact,
     write_artifact,
 )
@@ -61,20 +72,17 @@ __all__ = [
     "SCORE_CONFIG",
     "STALE",
     "UP_TO_DATE",
+    "BootstrapConfig",
+    "ComparisonResult",
     "CorrelationResult",
     "ScoreSummary",
     "StageResult",
     "aggatt",
+    "compare",
     "correlate",
     "score",
     "summarize",
 ]
-
-#: A score counts as perfect when it is at least this (float64 division of equal sums gives 1.0
-#: exactly; the tolerance only absorbs rounding in sums of many pixels).
-PERFECT = 1.0 - 1e-9
-
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]*$")
 
 
 def score(
@@ -85,15 +93,20 @@ def score(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
     wait: bool = False,
+    bootstrap: BootstrapConfig | None = None,
 ) -> list[StageResult]:
     """Localization scores and numerators of every attribution (supplement H.3), cached.
 
     Writes ``<cache_root>/scores/<key>.h5`` per attribution; ``cache_root`` defaults to the cache
-    folder each attribution lives in.
+    folder each attribution lives in. Each artifact also holds the bootstrap intervals of the
+    median, the mean and the share of perfect scores (``bootstrap``, default
+    :class:`BootstrapConfig()`); a change of that config recomputes the intervals only.
     """
     sources = [inspect_attribution(Path(p)) for p in unique_paths(attribution_paths)]
     if not sources:
         raise UserError("no attribution artifacts given")
+    check_grid_sources(sources)
+    bootstrap = bootstrap or BootstrapConfig()
     return [
         score_one(
             s,
@@ -102,6 +115,7 @@ def score(
             device=device,
             progress=progress,
             wait=wait,
+            bootstrap=bootstrap,
         )[0]
         for s in sources
     ]
@@ -147,6 +161,7 @@ def aggatt(
                 f"{source.key.label()} has no target at cell {cell}; evaluated cells: "
                 f"{sorted(set(source.identity.cells.tolist()))} (choose one with --cell)"
             )
+    check_grid_sources(sources)
     stored_size(sources[0].image_size, max_size)
     config = {
         "stage": "aggatt",
@@ -163,7 +178,12 @@ def aggatt(
         )
         out_key = source.key.with_stage("aggatt")
         out = out_key.path(root)
-        inputs = {"attribution": attribution_hash, "scores": file_hash(scored.path)}
+        stored = read_artifact(scored.path, names=["scores", "numerators"]).data
+        # the scores' content, not the file: recomputed intervals leave the AggAtt up to date
+        inputs = {
+            "attribution": attribution_hash,
+            "scores": content_hash(stored["scores"], stored["numerators"]),
+        }
         status = status_of(out, inputs, config, force)
         if status != UP_TO_DATE:
             with artifact_lock(out, wait=wait):
@@ -246,7 +266,7 @@ def _write_aggatt(
 
 @dataclass
 class CorrelationResult:
-    """A Spearman matrix between row keys and column keys, and where it is stored."""
+    """A Spearman matrix between row keys and column keys, its intervals, and where it is stored."""
 
     path: Path
     name: str
@@ -256,16 +276,26 @@ class CorrelationResult:
     matrix: np.ndarray  # float64 (len(rows), len(columns)); NaN where a score vector is constant
     count: int  # attributions per key
     reference: str | None = None
+    low: np.ndarray | None = None  # bootstrap interval bounds, shaped as ``matrix``
+    high: np.ndarray | None = None
+    bootstrap: BootstrapConfig | None = None
 
     def to_dict(self) -> dict:
-        matrix = [[None if np.isnan(v) else float(v) for v in row] for row in self.matrix]
+        def plain(array: np.ndarray | None) -> list | None:
+            if array is None:
+                return None
+            return [[None if np.isnan(v) else float(v) for v in row] for row in array]
+
         return {
             "path": str(self.path),
             "name": self.name,
             "status": self.status,
             "rows": self.rows,
             "columns": self.columns,
-            "matrix": matrix,
+            "matrix": plain(self.matrix),
+            "low": plain(self.low),
+            "high": plain(self.high),
+            "intervals": self.bootstrap.to_dict() if self.bootstrap else None,
             "count": self.count,
             "reference": self.reference,
         }
@@ -282,6 +312,7 @@ def correlate(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
     wait: bool = False,
+    bootstrap: BootstrapConfig | None = None,
 ) -> CorrelationResult:
     """Spearman correlation of per-attribution scores between keys (supplement C), cached.
 
@@ -290,22 +321,13 @@ def correlate(
     the keys; with ``reference`` (``layer/method`` or ``setting/model/layer/method``, relative to
     the first key) it is one row: the reference against every key, the shape of the
     supplement's Tables 1-2 (Grad-CAM at the final layer against S-IntGrad at the input, per K).
-    Writes ``<cache_root>/correlations/<name>.h5``; the default name is
+    Every coefficient gets a bootstrap interval (``bootstrap``), the same grid images drawn for
+    both keys. Writes ``<cache_root>/correlations/<name>.h5``; the default name is
     ``<grids>.<setting>.<model>.<hash of the key labels>``.
     """
-    paths = [Path(p) for p in score_paths or []]
-    if keys:
-        if cache_root is None:
-            raise UserError("correlate by keys needs a cache folder")
-        paths += [k.with_stage("scores").path(cache_root) for k in keys]
-    paths = unique_paths(paths)
-    if not paths:
-        raise UserError("no keys to correlate: give score artifacts or a key selection")
-    if name is not None and not _NAME.match(name):
-        raise UserError(f"invalid correlation name {name!r}: use letters, digits and _.+-")
-    columns = list(
-        {item.key: item for item in (score_input(p, cache_root) for p in paths)}.values()
-    )
+    check_name(name, "correlation")
+    bootstrap = bootstrap or BootstrapConfig()
+    columns = score_inputs(score_paths, keys, cache_root, verb="correlate")
     rows = columns
     if reference is not None:
         first = columns[0]
@@ -320,129 +342,61 @@ def correlate(
         except UserError as exc:
             raise UserError(f"reference {reference}: {exc}") from None
     everyone = list({item.key: item for item in rows + columns}.values())
-    check_comparable([identify(item) for item in everyone])
+    check_inputs(everyone, "correlate")
 
-    score_files = {
-        item.key: item.scores
-        if item.attribution is None
-        else score_one(
-            item.attribution, item.root, force=False, device=device, progress=progress, wait=wait
-        )[0].path
-        for item in everyone
-    }
+    scores = load_scores(everyone, device=device, progress=progress, wait=wait)
     row_labels = [item.key.label() for item in rows]
     col_labels = [item.key.label() for item in columns]
     root = Path(cache_root) if cache_root else columns[0].root
-    name = name or _default_name([i.key for i in everyone], row_labels, col_labels)
+    name = name or default_name([i.key for i in everyone], row_labels, col_labels)
     out = root / "correlations" / f"{name}.h5"
-    inputs = {k.label(): file_hash(p) for k, p in score_files.items()}
+    inputs = scores_hashes(scores)
     config = {
         "stage": "correlate",
         "coefficient": "spearman",
         "rows": row_labels,
         "columns": col_labels,
-        "version": 1,
+        "intervals": bootstrap.to_dict(),
+        "version": 2,
     }
     status = status_of(out, inputs, config, force)
     if status == UP_TO_DATE:
-        stored = read_artifact(out, names=["matrix"])
+        stored = read_artifact(out, names=["matrix", "low", "high"])
         matrix, count = stored.data["matrix"], int(stored.attrs["count"])
+        low, high = stored.data["low"], stored.data["high"]
     else:
         start = time.perf_counter()
-        vectors = {
-            k: read_artifact(p, names=["scores"]).data["scores"].ravel()
-            for k, p in score_files.items()
-        }
-        count = len(vectors[rows[0].key])
+        row_scores = np.stack([scores[i.key] for i in rows])
+        col_scores = None if reference is None else np.stack([scores[i.key] for i in columns])
+        count = row_scores[0].size
         matrix = spearman(
-            np.stack([vectors[i.key] for i in rows]),
-            None if reference is None else np.stack([vectors[i.key] for i in columns]),
+            row_scores.reshape(len(rows), -1),
+            None if col_scores is None else col_scores.reshape(len(columns), -1),
         )
+        bounds = spearman_intervals(row_scores, col_scores, bootstrap)
+        low, high = bounds[..., 0], bounds[..., 1]
         with artifact_lock(out, wait=wait):
             write_artifact(
                 out,
-                data={"matrix": matrix},
+                data={"matrix": matrix, "low": low, "high": high},
                 attrs={
                     "rows": row_labels,
                     "columns": col_labels,
                     "reference": reference or "",
                     "count": count,
+                    "confidence": bootstrap.confidence,
+                    "interval_method": bootstrap.method,
+                    "resamples": bootstrap.resamples,
+                    "bootstrap_seed": bootstrap.seed,
                 },
                 provenance=make_provenance(
-                    config=config, inputs=inputs, device="cpu", seconds=time.perf_counter() - start
+                    config=config,
+                    inputs=inputs,
+                    seed=bootstrap.seed,
+                    device="cpu",
+                    seconds=time.perf_counter() - start,
                 ),
             )
-    return CorrelationResult(out, name, status, row_labels, col_labels, matrix, count, reference)
-
-
-def _default_name(keys: list[ArtifactKey], row_labels: list[str], col_labels: list[str]) -> str:
-    """``<grids>.<setting(s)>.<model(s)>.<hash of the key labels>``."""
-
-    def joined(field: str) -> str:
-        return "+".join(dict.fromkeys(getattr(k, field) for k in keys))
-
-    digest = content_hash(row_labels, col_labels)[:10]
-    return f"{joined('grids')}.{joined('setting')}.{joined('model')}.{digest}"
-
-
-@dataclass(frozen=True)
-class ScoreSummary:
-    """Distribution of one key's localization scores (the numbers behind the box plots)."""
-
-    path: str
-    grids: str
-    setting: str
-    model: str
-    layer: str
-    method: str
-    count: int
-    median: float
-    q1: float
-    q3: float
-    mean: float
-    perfect: float  # share of scores >= PERFECT
-    chance: float  # 1 / n**2, the score of a uniform map
-
-    def to_dict(self) -> dict:
-        return {
-            k: (None if isinstance(v, float) and np.isnan(v) else v)
-            for k, v in asdict(self).items()
-        }
-
-
-def summarize(score_paths: list[Path]) -> list[ScoreSummary]:
-    """Median, quartiles, mean and share of perfect scores per score artifact.
-
-    Quartiles are numpy's linear-interpolation percentiles. "Perfect" means ``>= 1 - 1e-9``.
-    """
-    rows = []
-    for path in unique_paths(score_paths):
-        key = ArtifactKey.from_path(path)
-        if key.stage != "scores":
-            raise UserError(f"{path} is a {key.stage} artifact; expected a score artifact")
-        artifact = read_artifact(path, names=["scores"])
-        values = artifact.data["scores"].ravel()
-        stats = (
-            np.percentile(values, [50, 25, 75]).tolist() + [values.mean()]
-            if values.size
-            else [np.nan] * 4
-        )
-        n = int(artifact.attrs.get("n", 0))
-        rows.append(
-            ScoreSummary(
-                path=str(path),
-                grids=key.grids,
-                setting=key.setting,
-                model=key.model,
-                layer=key.layer,
-                method=key.method,
-                count=int(values.size),
-                median=float(stats[0]),
-                q1=float(stats[1]),
-                q3=float(stats[2]),
-                mean=float(stats[3]),
-                perfect=float((values >= PERFECT).mean()) if values.size else float("nan"),
-                chance=1.0 / n**2 if n else float("nan"),
-            )
-        )
-    return rows
+    return CorrelationResult(
+        out, name, status, row_labels, col_labels, matrix, count, reference, low, high, bootstrap
+    )

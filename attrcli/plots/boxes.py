@@ -5,7 +5,10 @@ axis and every method has a box of its own colour within a group. Dotted lines m
 localization (1.0) and a uniform map (1/n²). The y axis runs from 0 (with a small margin, so
 that scores of exactly 0 stay visible) to 1.05. A box whose scores are all equal would be a flat
 line; it is drawn as a ``*`` instead, as the supplement does. Whiskers reach 1.5 IQR; outliers
-are not drawn (thousands of points per box would hide the boxes).
+are not drawn (thousands of points per box would hide the boxes). Where the score artifact
+holds the bootstrap interval of the median (``attrcli score``), a dark error bar over the
+median line shows it: two boxes whose bars do not overlap differ beyond resampling noise
+(``attrcli compare`` tests the paired difference).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.transforms import offset_copy
 
+from attrcli.metrics.summary import stored_intervals
 from attrcli.plots.common import (
     ScoreSet,
     chance_label,
@@ -31,11 +35,14 @@ from attrcli.plots.common import (
     order_settings,
     save_figure,
 )
+from attrcli.store import read_artifact
 
 YLABEL = "localization score"
 #: A little below 0, so that a box or median at exactly 0 is not hidden by the axis.
 YMIN = -0.03
 GUIDE = {"linestyle": ":", "linewidth": 1.2, "color": "0.35", "zorder": 0}
+#: The error bar of the median's interval.
+INTERVAL = {"ecolor": "0.05", "elinewidth": 1.6, "capsize": 2.5, "capthick": 1.2, "zorder": 4}
 
 
 def build_boxes(*, score_paths: list[Path]) -> Figure:
@@ -56,6 +63,7 @@ def build_boxes(*, score_paths: list[Path]) -> Figure:
     fig = new_figure(width * len(settings) + 2.4, 2.8 * len(rows) + 0.6)
     axes = fig.subplots(len(rows), len(settings), squeeze=False, sharey=True)
     collapsed = False
+    levels: set[float] = set()
     for r, model in enumerate(rows):
         for c, setting in enumerate(settings):
             ax = axes[r][c]
@@ -65,7 +73,9 @@ def build_boxes(*, score_paths: list[Path]) -> Figure:
             if not panel:
                 empty_panel(ax, f"no scores for\n{title}")
                 continue
-            collapsed |= _draw_panel(ax, panel, colours)
+            panel_collapsed, panel_levels = _draw_panel(ax, panel, colours)
+            collapsed |= panel_collapsed
+            levels |= panel_levels
             ax.set_title(title, fontsize=10)
             if c == 0:
                 ax.set_ylabel(YLABEL)
@@ -77,6 +87,12 @@ def build_boxes(*, score_paths: list[Path]) -> Figure:
     if collapsed:
         handles.append(Line2D([], [], marker="$*$", linestyle="", color="0.2", markersize=9,
                               label="all scores equal"))
+    if levels:
+        only = levels.pop() if len(levels) == 1 else float("nan")
+        level = f"{100 * only:g} %" if np.isfinite(only) else "bootstrap"
+        handles.append(Line2D([], [], color=INTERVAL["ecolor"], marker="_", markersize=6,
+                              linewidth=INTERVAL["elinewidth"],
+                              label=f"{level} CI of the median (grid images resampled)"))
     per_column = max(4, int((fig.get_figheight() - 0.4) / 0.2))
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False,
                ncol=math.ceil(len(handles) / per_column))
@@ -94,13 +110,23 @@ def _panel_width(panel: list[ScoreSet]) -> float:
     return float(np.clip(0.8 + 0.14 * layers * methods + 0.3 * layers, 3.2, 7.0))
 
 
-def _draw_panel(ax, panel: list[ScoreSet], colours: dict) -> bool:
-    """Draw one panel's boxes; True if a box collapsed to a ``*``."""
+def _median_interval(item: ScoreSet) -> tuple[tuple[float, float], float] | None:
+    """The stored interval of ``item``'s median and its confidence level, if it has one."""
+    artifact = read_artifact(item.path)
+    bounds = stored_intervals(artifact).get("median")
+    if bounds is None or not np.isfinite(bounds).all():
+        return None
+    return bounds, float(artifact.attrs.get("confidence", np.nan))
+
+
+def _draw_panel(ax, panel: list[ScoreSet], colours: dict) -> tuple[bool, set[float]]:
+    """Draw one panel's boxes; whether a box collapsed to a ``*``, and the intervals' levels."""
     layers = order_layers(s.key.layer for s in panel)
     methods = order_methods(s.key.method for s in panel)
     by_key = {(s.key.layer, s.key.method): s for s in panel}
     step = 0.8 / len(methods)
     collapsed = False
+    levels: set[float] = set()
     for g, layer in enumerate(layers):
         for m, method in enumerate(methods):
             item = by_key.get((layer, method))
@@ -127,6 +153,13 @@ def _draw_panel(ax, panel: list[ScoreSet], colours: dict) -> bool:
                 whiskerprops={"color": "0.2", "linewidth": 0.8},
                 capprops={"color": "0.2", "linewidth": 0.8},
             )
+            interval = _median_interval(item)
+            if interval is not None:
+                (low, high), level = interval
+                median = float(np.median(values))
+                ax.errorbar([x], [median], yerr=[[median - low], [high - median]], fmt="none",
+                            **INTERVAL)
+                levels.add(level)
     for y in sorted({1.0} | {1.0 / s.n**2 for s in panel}):
         ax.axhline(y, **GUIDE)
     ax.set_xticks(range(len(layers)), layers)
@@ -136,4 +169,4 @@ def _draw_panel(ax, panel: list[ScoreSet], colours: dict) -> bool:
     ax.set_xlabel("layer")
     ax.grid(axis="y", color="0.92", linewidth=0.6)
     ax.set_axisbelow(True)
-    return collapsed
+    return collapsed, levels

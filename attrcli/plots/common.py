@@ -7,7 +7,6 @@ screen, no global state), so library code can build many figures without leaking
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from attrcli.metrics.selection import (
     select_keys,
 )
 from attrcli.store import ArtifactKey, read_artifact
+from attrcli.store.files import atomic_output
 
 FORMATS = ("png", "pdf", "svg")
 #: Display order of the paper's methods (supplement Fig. 9); other methods follow, sorted.
@@ -67,14 +67,8 @@ def save_figure(fig: Figure, out: Path | str, fmt: str = "png", dpi: int = 150) 
     out = Path(out)
     if out.suffix.lower() in {f".{f}" for f in FORMATS} and out.suffix.lower() != f".{fmt}":
         raise UserError(f"--out {out} does not match --format {fmt}; use a .{fmt} file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(out, what="--out") as tmp:  # refuses a folder or device, writes through a link
         fig.savefig(tmp, format=fmt, dpi=dpi, facecolor="white")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out
 
 

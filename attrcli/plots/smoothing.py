@@ -5,7 +5,9 @@ For each grid file, setting and model (one row), two panels share a log2 K axis:
 - localization of S-IntGrad / S-IxG at the input (median, quartile band) against K, with the
   unsmoothed IntGrad / IxG at K = 1, labelled "original" (the first column of Tabs. 1-2);
 - Spearman correlation of their per-attribution scores with final-layer Grad-CAM (``reference``),
-  the quantity of Tabs. 1-2, computed here with :func:`attrcli.metrics.spearman`.
+  the quantity of Tabs. 1-2, computed here with :func:`attrcli.metrics.spearman`, each point with
+  its bootstrap interval as an error bar (grid images resampled, the same for both keys;
+  :func:`attrcli.metrics.spearman_intervals`, one resampling for all points of a row).
 
 SmoothGrad (``smoothgrad-intgrad``, ``smoothgrad-ixg``) is drawn beside it as a dashed horizontal
 line in the family's colour; of several SmoothGrad configurations the one with the best median
@@ -25,6 +27,7 @@ from matplotlib.patches import Patch
 
 from attrcli.errors import UserError
 from attrcli.metrics.correlation import check_comparable, spearman
+from attrcli.metrics.intervals import BootstrapConfig, spearman_intervals
 from attrcli.metrics.selection import cache_root_of
 from attrcli.plots.boxes import GUIDE, YLABEL, YMIN
 from attrcli.plots.common import (
@@ -60,6 +63,7 @@ class Point:
     q1: float
     q3: float
     rho: float | None
+    rho_ci: tuple[float, float] | None = None  # bootstrap interval of rho
 
 
 @dataclass
@@ -131,7 +135,26 @@ def _find_reference(members: list[ScoreSet], every: list[ScoreSet], spec: str) -
     )
 
 
-def sweep_groups(sets: list[ScoreSet], *, reference: str, layer: str) -> list[SweepGroup]:
+def _as_grid_scores(item: ScoreSet) -> np.ndarray:
+    """``item``'s scores as (grid images, targets), the shape the bootstrap resamples."""
+    return item.scores.reshape(len(item.identity.grid_index), -1)
+
+
+def _add_intervals(
+    pairs: list[tuple[Point, ScoreSet]], reference: ScoreSet, bootstrap: BootstrapConfig
+) -> None:
+    """Set ``rho_ci`` of every point against ``reference`` (one resampling for all)."""
+    if not pairs:
+        return
+    columns = np.stack([_as_grid_scores(item) for _, item in pairs])
+    bounds = spearman_intervals(_as_grid_scores(reference)[None], columns, bootstrap)[0]
+    for (point, _), (low, high) in zip(pairs, bounds):
+        point.rho_ci = (float(low), float(high))
+
+
+def sweep_groups(
+    sets: list[ScoreSet], *, reference: str, layer: str, bootstrap: BootstrapConfig | None = None
+) -> list[SweepGroup]:
     """The sweep of every grid file/setting/model that has smoothed scores at ``layer``."""
     groups: dict[tuple[str, str, str], list[ScoreSet]] = {}
     for item in sets:
@@ -141,6 +164,7 @@ def sweep_groups(sets: list[ScoreSet], *, reference: str, layer: str) -> list[Sw
         ref = _find_reference(members, sets, reference)
         at_layer = [m for m in members if m.key.layer == layer]
         sweeps = []
+        drawn: list[tuple[Point, ScoreSet]] = []
         for family, base, smoothgrad in FAMILIES:
             smoothed = [m for m in at_layer if method_base(m.key.method) == family]
             if not smoothed:
@@ -149,15 +173,21 @@ def sweep_groups(sets: list[ScoreSet], *, reference: str, layer: str) -> list[Sw
             original = next((m for m in at_layer if m.key.method == base), None)
             if original is not None:
                 sweep.points.append(_summary(original, ORIGINAL_K, ref))
+                drawn.append((sweep.points[-1], original))
             by_k: dict[int, ScoreSet] = {}
             for item in smoothed:
                 by_k.setdefault(kernel_size(item), item)
-            sweep.points += [_summary(by_k[k], k, ref) for k in sorted(by_k)]
-            variants = [_summary(m, 0, ref) for m in at_layer
+            for k in sorted(by_k):
+                sweep.points.append(_summary(by_k[k], k, ref))
+                drawn.append((sweep.points[-1], by_k[k]))
+            variants = [(_summary(m, 0, ref), m) for m in at_layer
                         if method_base(m.key.method) == smoothgrad]
             if variants:
-                sweep.smoothgrad = max(variants, key=lambda p: (p.median, p.spec))
+                sweep.smoothgrad, item = max(variants, key=lambda v: (v[0].median, v[0].spec))
+                drawn.append((sweep.smoothgrad, item))
             sweeps.append(sweep)
+        if ref is not None:
+            _add_intervals(drawn, ref, bootstrap or BootstrapConfig())
         if sweeps:
             label = ref.key.label() if ref is not None else None
             out.append(SweepGroup(grids, setting, model, members[0].n, label, sweeps))
@@ -183,11 +213,32 @@ def _x_axis(ax, ks: list[int]) -> None:
     ax.set_xlabel("Gaussian kernel size K (σ = K/4), log scale")
 
 
-def _draw_sweep(ax, sweep: Sweep, value, band=None, annotate: int | None = None) -> None:
+#: Error bars of the second family sit this many octaves right of their points, the first's as
+#: far left, so that the two families' bars at one K do not hide each other.
+DODGE = 0.06
+
+
+def _draw_errors(ax, points: list[Point], colour, dodge: float = 0.0) -> None:
+    """Vertical error bars of the correlations' intervals, ``dodge`` octaves beside the points."""
+    shown = [p for p in points if p.rho is not None and p.rho_ci is not None
+             and np.isfinite([p.rho, *p.rho_ci]).all()]
+    if shown:
+        below = [p.rho - p.rho_ci[0] for p in shown]
+        above = [p.rho_ci[1] - p.rho for p in shown]
+        ax.errorbar([p.k * 2**dodge for p in shown], [p.rho for p in shown], yerr=[below, above],
+                    fmt="none", ecolor=colour, elinewidth=1.1, capsize=2.5, zorder=2)
+
+
+def _draw_sweep(ax, sweep: Sweep, value, band=None, annotate: int | None = None,
+                errors: bool = False) -> None:
     """Draw one family; ``annotate`` (0, 1, ...) prints values, above the line for even
-    numbers and below for odd ones, so that two families' labels do not collide."""
+    numbers and below for odd ones, so that two families' labels do not collide; ``errors``
+    draws the correlations' intervals."""
     colour = method_colour(sweep.base)
     points = [p for p in sweep.points if value(p) is not None]
+    if errors:
+        side = 0 if annotate is None else (1 if annotate % 2 else -1)
+        _draw_errors(ax, points, colour, side * DODGE)
     smoothed = [p for p in points if p.k != ORIGINAL_K]
     original = [p for p in points if p.k == ORIGINAL_K]
     ks = [p.k for p in smoothed]
@@ -215,13 +266,23 @@ def _draw_sweep(ax, sweep: Sweep, value, band=None, annotate: int | None = None)
                         xytext=offset, ha=ha, va=va, fontsize=7, color=colour)
     if sweep.smoothgrad is not None and value(sweep.smoothgrad) is not None:
         ax.axhline(value(sweep.smoothgrad), linestyle="--", color=colour, linewidth=1.2)
+        interval = sweep.smoothgrad.rho_ci
+        if errors and interval is not None and np.isfinite(interval).all():
+            ax.axhspan(*interval, color=colour, alpha=0.07, linewidth=0)
 
 
 def build_smoothing(
-    *, score_paths: list[Path], reference: str = "final/gradcam", layer: str = "input"
+    *,
+    score_paths: list[Path],
+    reference: str = "final/gradcam",
+    layer: str = "input",
+    bootstrap: BootstrapConfig | None = None,
 ) -> Figure:
     """The smoothing sweep of the score artifacts (see the module docstring)."""
-    groups = sweep_groups(load_scores(score_paths), reference=reference, layer=layer)
+    bootstrap = bootstrap or BootstrapConfig()
+    groups = sweep_groups(
+        load_scores(score_paths), reference=reference, layer=layer, bootstrap=bootstrap
+    )
     fig = new_figure(11.5, 3.4 * len(groups) + 0.4)
     axes = fig.subplots(len(groups), 2, squeeze=False)
     for (loc_ax, rho_ax), group in zip(axes, groups):
@@ -239,8 +300,9 @@ def build_smoothing(
             empty_panel(rho_ax, f"no {reference} scores for {where}:\ncorrelation not shown")
             continue
         for i, sweep in enumerate(group.sweeps):
-            _draw_sweep(rho_ax, sweep, lambda p: p.rho, annotate=i)
-        values = [p.rho for s in group.sweeps for p in [*s.points, s.smoothgrad] if p is not None]
+            _draw_sweep(rho_ax, sweep, lambda p: p.rho, annotate=i, errors=True)
+        drawn = [p for s in group.sweeps for p in [*s.points, s.smoothgrad] if p is not None]
+        values = [p.rho for p in drawn] + [p.rho_ci[0] for p in drawn if p.rho_ci is not None]
         finite = [v for v in values if v is not None and np.isfinite(v)]
         rho_ax.set_ylim(min([0.0, *finite]) - 0.1, 1.12)
         rho_ax.set_yticks([t for t in (-1.0, -0.5, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -250,11 +312,12 @@ def build_smoothing(
         rho_ax.set_title(f"{where}: correlation with {group.reference.split('/', 2)[2]}",
                          fontsize=10)
         _x_axis(rho_ax, ks)
-    fig.legend(handles=_legend(groups), loc="outside right center", fontsize=8, frameon=False)
+    fig.legend(handles=_legend(groups, bootstrap), loc="outside right center", fontsize=8,
+               frameon=False)
     return fig
 
 
-def _legend(groups: list[SweepGroup]) -> list:
+def _legend(groups: list[SweepGroup], bootstrap: BootstrapConfig) -> list:
     handles = []
     families = {s.family: s for g in groups for s in g.sweeps}
     for family, sweep in families.items():
@@ -269,6 +332,10 @@ def _legend(groups: list[SweepGroup]) -> list:
             name = chosen.pop() if len(chosen) == 1 else f"smoothgrad-{sweep.base} (best)"
             handles.append(Line2D([], [], color=colour, linestyle="--", label=name))
     handles.append(Patch(facecolor="0.5", alpha=0.3, label="quartiles (25-75 %)"))
+    if any(g.reference is not None for g in groups):
+        handles.append(Line2D([], [], color="0.3", marker="_", markersize=6,
+                              label=f"{100 * bootstrap.confidence:g} % CI of the correlation "
+                                    "(grid images resampled)"))
     handles.append(Line2D([], [], label="perfect localization (1.0)", **GUIDE))
     handles.append(Line2D([], [], label=chance_label(g.n for g in groups), **GUIDE))
     return handles
@@ -281,8 +348,11 @@ def plot_smoothing(
     fmt: str = "png",
     reference: str = "final/gradcam",
     layer: str = "input",
+    bootstrap: BootstrapConfig | None = None,
 ) -> Path:
     """Write the smoothing-sweep figure to ``out``; returns the path."""
-    fig = build_smoothing(score_paths=score_paths, reference=reference, layer=layer)
+    fig = build_smoothing(
+        score_paths=score_paths, reference=reference, layer=layer, bootstrap=bootstrap
+    )
     return save_figure(fig, out, fmt)
 

@@ -184,3 +184,94 @@ def test_commands_pass_their_arguments_to_the_library(study, monkeypatch):
     assert result.exit_code == 0, result.output
     assert seen["paths"] == [study["input", "grad"]] and seen["cell"] == 2
     assert seen["force"] is True and seen["max_size"] == 32 and seen["cache_root"] == Path("other")
+
+
+def test_score_table_and_json_show_the_intervals(study):
+    path = str(study["input", "ixg"])
+    result = runner.invoke(app, ["score", path, "--resamples", "300", "--seed", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)["summary"]
+    [expected] = stages.summarize([Path(json.loads(result.stdout)["artifacts"][0]["path"])])
+    assert row["median_ci"] == list(expected.median_ci) and row["resamples"] == 300
+    assert row["median_ci"][0] <= row["median"] <= row["median_ci"][1] and row["seed"] == 3
+    table = runner.invoke(app, ["score", path, "--resamples", "300", "--seed", "3"],
+                          env={"COLUMNS": "160"})
+    assert "up to date" in table.stderr and "median [CI]" in table.stderr
+    low, high = expected.median_ci
+    assert f"{expected.median:.3f} [{low:.2f}, {high:.2f}]" in table.stderr
+    assert "95 % CI, bootstrap over grid images" in table.stderr
+
+
+def test_correlate_json_has_interval_bounds(study):
+    result = correlate_gridpg("--layer", "input", "--resamples", "200", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    low, high, matrix = (np.array(document[k], dtype=float) for k in ("low", "high", "matrix"))
+    assert (low <= matrix + 1e-12).all() and (matrix <= high + 1e-12).all()
+    assert document["intervals"]["resamples"] == 200
+
+
+def test_compare_two_keys_prints_the_difference_and_the_test(study):
+    result = runner.invoke(
+        app,
+        ["compare", "--grids", "toy", "--setting", "gridpg", "--model", "digits-vgg11",
+         "--key", "final/ixg", "--key", "input/grad", "--resamples", "200"],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    [path] = lines(result.stdout)
+    assert path.startswith("cache/comparisons/toy.gridpg.digits-vgg11.")
+    assert "ixg @ final vs grad @ input on gridpg · digits-vgg11" in result.stderr
+    assert "Δmedian +" in result.stderr and "Wilcoxon" in result.stderr
+    document = json.loads(runner.invoke(app, ["compare", str(study["final", "ixg"]),
+                                              str(study["input", "grad"]), "--resamples", "200",
+                                              "--json"]).stdout)
+    assert document["status"] == "up to date" and document["path"] == path
+    [pair] = document["pairs"]
+    assert pair["delta_median"] > 0 and pair["delta_median_ci"][0] > 0 and pair["p_value"] < 0.01
+
+
+def test_compare_matrix_states_the_correction(study):
+    result = runner.invoke(app, ["compare", "--grids", "toy", "--setting", "gridpg",
+                                 "--layer", "input", "--resamples", "200"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Holm correction over 3 comparisons" in result.stderr
+    assert "row minus column" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["compare", "KEY_A", "DIFULL"], "cannot compare gridpg/digits-vgg11/input/grad with "
+                                         "difull/digits-vgg11/input/grad: they target different"),
+        (["compare", "KEY_A"], "at least two different keys"),
+        (["compare", "--grids", "toy", "--key", "input/grad", "--key", "final/grad"],
+         "give one --setting and one --model"),
+        (["compare", "--grids", "toy", "--key", "gridpg/digits-vgg11/input/nope",
+          "--key", "gridpg/digits-vgg11/input/grad"], "no attribution or score artifact"),
+        (["compare", "--key", "input/grad"], "give --grids too"),
+        (["compare", "KEY_A", "KEY_B", "--confidence", "1.5"], "between 0 and 1"),
+        (["score", "KEY_A", "--resamples", "0"], "at least 100"),
+        (["correlate", "KEY_A", "KEY_B", "--ci-method", "basic"], "valid: percentile, bca"),
+    ],
+)
+def test_statistics_usage_errors_exit_2_with_one_line(study, args, message):
+    names = {"KEY_A": str(study["input", "grad"]), "KEY_B": str(study["input", "ixg"]),
+             "DIFULL": str(study["difull"])}
+    result = runner.invoke(app, [names.get(a, a) for a in args], env={"COLUMNS": "400"})
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(lines(result.stderr)) == 1
+    assert not (CACHE / "comparisons").exists() and not (CACHE / "scores").exists()
+    assert not (CACHE / "correlations").exists()
+
+
+def test_score_and_aggatt_refuse_attributions_of_a_truncated_grid_file(study):
+    grid = Path("data/grids/toy.h5")
+    with open(grid, "r+b") as handle:
+        handle.truncate(grid.stat().st_size // 3)
+    for command in ("score", "aggatt"):
+        result = runner.invoke(app, [command, str(study["input", "grad"])], env={"COLUMNS": "400"})
+        assert result.exit_code == 2, result.output
+        assert "computed from another version of data/grids/toy.h5" in result.stderr
+        assert len(lines(result.stderr)) == 1
+    assert not (CACHE / "scores").exists() and not (CACHE / "aggatt").exists()

@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 from attrcli.errors import UserError
 from attrcli.metrics import stages
 from attrcli.metrics.selection import select_keys, split_methods
-from attrcli.store import ArtifactKey, file_hash, read_artifact, read_provenance
+from attrcli.store import ArtifactKey, content_hash, file_hash, read_artifact, read_provenance
 
 CACHE = Path("cache")
 
@@ -100,7 +100,7 @@ def test_aggatt_from_score_path_computes_missing_scores_and_tracks_them(workdir,
     assert artifact.data["median_row"][2] == order[13]
     assert artifact.provenance["inputs"] == {
         "attribution": file_hash(attribution),
-        "scores": file_hash(score_path),
+        "scores": content_hash(scores["scores"], scores["numerators"]),
     }
     assert stages.aggatt(paths=[attribution])[0].status == stages.UP_TO_DATE
     fakes.make_attribution(CACHE, target_maps(50, 2.0, seed=3), grid_path=grid_file)
@@ -130,7 +130,9 @@ def test_correlate_matches_scipy_and_is_cached(workdir, grid_file, fakes):
     assert result.path.name.startswith("toy.gridpg.digits-vgg11.")
     stored = read_artifact(result.path)
     np.testing.assert_array_equal(stored.data["matrix"], result.matrix)
-    assert set(stored.provenance["inputs"].values()) == {file_hash(p) for p in scored}
+    assert set(stored.provenance["inputs"].values()) == {
+        content_hash(read_artifact(p).data["scores"]) for p in scored
+    }
     assert stages.correlate(score_paths=scored).status == stages.UP_TO_DATE
     fakes.make_attribution(CACHE, target_maps(20, 0.1, seed=9), grid_path=grid_file, method="ixg")
     again = stages.correlate(score_paths=paths)  # attribution paths: the stale score is redone
@@ -245,4 +247,5 @@ def test_score_artifact_provenance_config_is_recorded(workdir, grid_file, fakes)
     attribution = fakes.make_attribution(CACHE, target_maps(2, 1.0), grid_path=grid_file)
     [result] = stages.score(attribution_paths=[attribution], cache_root=workdir / "elsewhere")
     assert result.path.is_relative_to(workdir / "elsewhere")
-    assert read_provenance(result.path)["config"] == stages.SCORE_CONFIG
+    config = read_provenance(result.path)["config"]
+    assert config == {**stages.SCORE_CONFIG, "intervals": stages.BootstrapConfig().to_dict()}

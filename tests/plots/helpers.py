@@ -34,32 +34,35 @@ def write_scores(
     n: int = 2,
     cells: list[int] | None = None,
     grids_hash: str = "h" * 64,
+    intervals: np.ndarray | None = None,
+    confidence: float = 0.95,
 ) -> Path:
-    """A score artifact holding ``scores`` (N, T)."""
+    """A score artifact holding ``scores`` (N, T), and ``intervals`` (3, 2) if given."""
     scores = np.asarray(scores, dtype=np.float64)
     count, targets = scores.shape
     cells = list(range(targets)) if cells is None else cells
     key = ArtifactKey("scores", grids, setting, model, layer, method)
-    return write_artifact(
-        key.path(root),
-        data={
-            "scores": scores,
-            "numerators": scores * 10.0,
-            "grid_index": np.arange(count, dtype=np.int64),
-            "cells": np.asarray(cells, dtype=np.int64),
-            "heads": np.zeros(targets, dtype=np.int64),
-        },
-        attrs={
-            "grids": grids,
-            "setting": setting,
-            "model": model,
-            "layer": layer,
-            "method": method,
-            "n": n,
-            "image_size": 32 * n,
-            "grids_hash": grids_hash,
-        },
-    )
+    data = {
+        "scores": scores,
+        "numerators": scores * 10.0,
+        "grid_index": np.arange(count, dtype=np.int64),
+        "cells": np.asarray(cells, dtype=np.int64),
+        "heads": np.zeros(targets, dtype=np.int64),
+    }
+    attrs = {
+        "grids": grids,
+        "setting": setting,
+        "model": model,
+        "layer": layer,
+        "method": method,
+        "n": n,
+        "image_size": 32 * n,
+        "grids_hash": grids_hash,
+    }
+    if intervals is not None:
+        data["intervals"] = np.asarray(intervals, dtype=np.float64)
+        attrs.update(interval_statistics=["median", "mean", "perfect"], confidence=confidence)
+    return write_artifact(key.path(root), data=data, attrs=attrs)
 
 
 def assert_drawn(path: Path) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from matplotlib.collections import LineCollection
 from matplotlib.patches import PathPatch
 
 from attrcli.errors import UserError
@@ -113,6 +114,41 @@ def test_the_png_is_written_and_drawn(scores, helpers, workdir):
     out = plot_boxes(score_paths=list(scores.values()), out=workdir / "fig" / "boxes.png")
     assert out == workdir / "fig" / "boxes.png"
     helpers.assert_drawn(out)
+
+
+def _error_bars(ax) -> list[tuple[float, float, float]]:
+    """(x, low, high) of every vertical error bar in ``ax``."""
+    bars = []
+    for collection in ax.collections:
+        if isinstance(collection, LineCollection):
+            for segment in collection.get_segments():
+                (x0, y0), (x1, y1) = segment
+                if x0 == x1:
+                    bars.append((float(x0), float(min(y0, y1)), float(max(y0, y1))))
+    return bars
+
+
+def test_the_median_interval_is_an_error_bar_over_the_median(workdir, helpers):
+    rng = np.random.default_rng(5)
+    values = rng.random((40, 4))
+    median = float(np.median(values))
+    stored = np.array([[median - 0.04, median + 0.03], [0.4, 0.6], [0.0, 0.0]])
+    with_ci = helpers.write_scores(helpers.CACHE, values, method="grad", intervals=stored,
+                                   confidence=0.9)
+    without = helpers.write_scores(helpers.CACHE, rng.random((40, 4)), method="ixg")
+    fig = build_boxes(score_paths=[with_ci, without])
+    [(x, low, high)] = _error_bars(fig.axes[0])
+    assert (low, high) == pytest.approx((median - 0.04, median + 0.03))
+    assert x == pytest.approx(-0.4 + 0.8 / 4)  # the first of two methods in the input group
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "90 % CI of the median (grid images resampled)" in legend
+
+
+def test_no_error_bar_without_stored_intervals(scores):
+    fig = build_boxes(score_paths=list(scores.values()))
+    assert all(_error_bars(ax) == [] for ax in fig.axes)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert not any("CI of the median" in text for text in legend)
 
 
 def test_no_scores_is_a_user_error(workdir):

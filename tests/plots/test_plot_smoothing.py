@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 from attrcli.errors import UserError
 from attrcli.plots import build_smoothing, plot_smoothing
 from attrcli.plots.common import method_colour
-from attrcli.plots.smoothing import kernel_size
+from attrcli.plots.smoothing import DODGE, kernel_size
 from attrcli.store import ArtifactKey, write_artifact
 from attrcli.store.artifacts import make_provenance
 
@@ -66,6 +66,31 @@ def test_localization_and_correlation_against_k(sweep):
     assert "1.00" in [t.get_text() for t in rho.texts]
     assert "correlation with final/gradcam" in rho.get_title()
     assert loc.get_ylabel() == "localization score"
+
+
+def test_each_correlation_has_its_bootstrap_interval_as_an_error_bar(sweep):
+    from matplotlib.collections import LineCollection
+
+    from attrcli.metrics.intervals import BootstrapConfig, spearman_intervals
+
+    values, paths = sweep
+    config = BootstrapConfig(resamples=300, seed=2)
+    fig = build_smoothing(score_paths=list(paths.values()), bootstrap=config)
+    rho = fig.axes[1]
+    bars = sorted(
+        (float(a[0]), float(min(a[1], b[1])), float(max(a[1], b[1])))
+        for c in rho.collections if isinstance(c, LineCollection)
+        for a, b in c.get_segments() if a[0] == b[0]
+    )
+    specs = ("intgrad", "s-intgrad:k=9", "s-intgrad:k=33")
+    expected = spearman_intervals(values["final", "gradcam"][None],
+                                  np.stack([values["input", m] for m in specs]), config)[0]
+    # the only family's bars sit just left of their points (dodged from a second family's)
+    assert [b[0] for b in bars] == pytest.approx([k * 2**-DODGE for k in (1, 9, 33)])
+    np.testing.assert_allclose([b[1:] for b in bars], expected, atol=1e-12)
+    assert bars[2][1:] == pytest.approx((1.0, 1.0))  # identical to the reference: always 1
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "95 % CI of the correlation (grid images resampled)" in legend
 
 
 def test_smoothgrad_is_the_best_configuration_as_a_dashed_line(sweep):
