@@ -75,7 +75,7 @@ def target_gradients(
             logits, list(inputs), pick, retain_graph=retain_graph or t < count - 1
         )
         for store, g in zip(per_input, grads):
-            store.append(g)
+            store.append(setting.to_map(g))  # maps pass; token sequences become maps
     return [torch.stack(grads, 1) for grads in per_input]
 
 

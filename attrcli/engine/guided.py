@@ -3,6 +3,11 @@
 The engine wants plain and guided gradients from one forward pass: every ``nn.ReLU`` of the
 model is swapped for a ReLU whose backward rule is read from a switch at backward time, so a
 graph built once can be differentiated the plain way, then the guided way.
+
+Guided backprop is defined for ReLU networks only. A model with other activations (GELU in
+ConvNeXt, Swin and ViT; SiLU in EfficientNet) would backpropagate through them plainly, and on
+a model without any ReLU the "guided" map would silently be the plain gradient, so such models
+are refused (:func:`guided_problem`) rather than given an undefined variant.
 """
 
 from __future__ import annotations
@@ -14,6 +19,26 @@ import torch
 from torch import nn
 
 _MISSING = object()
+#: Rectifier-like activations used in place of ReLU, whose backward guided backprop does not
+#: define (gates such as a squeeze-excitation sigmoid are not rectifiers and are allowed).
+NON_RELU = (
+    nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.ELU, nn.CELU, nn.SELU, nn.LeakyReLU, nn.PReLU,
+    nn.RReLU, nn.Softplus,
+)
+
+
+def guided_problem(model: nn.Module) -> str | None:
+    """Why guided backprop is not defined for ``model``, or None: it needs ``nn.ReLU`` modules
+    and no other activation module (the first one found is named)."""
+    for path, module in model.named_modules():
+        if isinstance(module, NON_RELU):
+            return (
+                f"guided backprop is defined for ReLU networks and the model has "
+                f"{type(module).__name__} ({path})"
+            )
+    if not any(isinstance(module, nn.ReLU) for module in model.modules()):
+        return "guided backprop needs nn.ReLU modules and the model has none"
+    return None
 
 
 class BackwardRule:

@@ -9,6 +9,7 @@ from attrcli.methods import (  # noqa: F401  (each module registers its method)
     intgrad,
     ixg,
     layercam,
+    lrp,
     occlusion,
     rise,
     scorecam,

@@ -30,9 +30,10 @@ class ModelAdapter:
         blocks: ordered ``(layer name, module)`` pairs; running them in order maps an image to
             the final feature map. Each name is a module path of ``module``.
         head: maps the feature map of one cell (``(B, C, d, d)``) to logits ``(B, classes)``.
-        gap_head: the head starts with global average pooling, so on a composite feature map
-            it already equals the GridPG sliding-window head (ResNet); otherwise GridPG slides
-            the head over windows of the single-cell feature size (VGG).
+        gap_head: the head applies to a composite feature map as it is, so it already is the
+            GridPG head: global average pooling first (ResNet, ConvNeXt, Swin), or a class token
+            that attends to the whole grid (ViT); otherwise GridPG slides the head over windows
+            of the single-cell feature size (VGG).
         aliases: ``middle`` and ``final`` to layer names (``input`` is implicit).
         stage_layers: the layers that ``all`` means (every convolutional stage).
         layer_alias: extra names for a layer (``layer2`` for ``layer2.1``).
@@ -40,6 +41,11 @@ class ModelAdapter:
         num_classes: number of logits.
         mean, std: per-channel input normalisation.
         weights_hash: content hash of the weights (provenance).
+        token_layers: blocks whose output is a token sequence ``(B, tokens, C)`` rather than a
+            map (ViT encoder blocks); :attr:`tokens_to_map` turns it into ``(B, C, h, w)``.
+        tokens_to_map: token sequence to spatial map (drops tokens without a position).
+        part_heads: the head can classify one part of the final map on its own (DiPart);
+            False for a class-token head, which has no part that belongs to one cell.
     """
 
     name: str
@@ -55,6 +61,9 @@ class ModelAdapter:
     std: tuple[float, float, float]
     weights_hash: str = ""
     layer_alias: dict[str, str] = field(default_factory=dict)
+    token_layers: frozenset[str] = frozenset()
+    tokens_to_map: Callable[[torch.Tensor], torch.Tensor] | None = None
+    part_heads: bool = True
 
     @property
     def layers(self) -> list[str]:
@@ -97,6 +106,17 @@ class ModelAdapter:
         if not out:
             raise UserError("no layer given; valid: input, middle, final, all, or a module path")
         return out
+
+    def is_token_layer(self, layer: str) -> bool:
+        """Whether ``layer``'s activations are a token sequence (only read through :meth:`spatial`)."""
+        return self.canonical_layer(layer) in self.token_layers
+
+    def spatial(self, a: torch.Tensor) -> torch.Tensor:
+        """Network-layout activations as a map ``(B, C, h, w)``: maps pass, token sequences are
+        reshaped by :attr:`tokens_to_map`, so every method and the scorer see a spatial map."""
+        if a.dim() == 4 or self.tokens_to_map is None:
+            return a
+        return self.tokens_to_map(a)
 
     def run_blocks(self, x: torch.Tensor, start: int = -1, stop: int | None = None) -> torch.Tensor:
         """Apply blocks ``start+1 .. stop`` (inclusive): from the output of ``start`` to ``stop``."""
@@ -198,3 +218,30 @@ def resnet_adapter(
         std=tuple(std),
         layer_alias=layer_alias,
     )
+
+
+def staged_blocks(
+    features: nn.Sequential, *, prefix: str = "features", wrap: Callable[[int, nn.Module], nn.Module] | None = None
+) -> tuple[list[tuple[str, nn.Module]], dict[str, str], list[str]]:
+    """Blocks of a ``features`` Sequential laid out as stem, stage, downsample, stage, ...
+    (torchvision's ConvNeXt and Swin): each stage (a Sequential) contributes its blocks, the
+    stem and downsampling layers one block each.
+
+    Returns the blocks, the aliases of each stage to its last block (``features.1`` ->
+    ``features.1.2``) and the stage names in order. ``wrap(position, module)`` may wrap each
+    block (``position`` 0 is the stem), e.g. to change its memory layout.
+    """
+    wrap = wrap or (lambda position, module: module)
+    blocks: list[tuple[str, nn.Module]] = []
+    layer_alias: dict[str, str] = {}
+    stages: list[str] = []
+    for index, module in enumerate(features):
+        name = f"{prefix}.{index}"
+        if index > 0 and index % 2 == 1 and isinstance(module, nn.Sequential):
+            for j, block in enumerate(module):
+                blocks.append((f"{name}.{j}", wrap(len(blocks), block)))
+            layer_alias[name] = f"{name}.{len(module) - 1}"
+            stages.append(name)
+        else:
+            blocks.append((name, wrap(len(blocks), module)))
+    return blocks, layer_alias, stages

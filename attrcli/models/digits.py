@@ -40,6 +40,7 @@ from attrcli.models.registry import (
 )
 from attrcli.models.training import TrainConfig, predict, train_classifier
 from attrcli.store import artifact_lock
+from attrcli.store.files import atomic_output
 
 CONFIDENCE = 0.99  # the grids' default --min-conf; the sidecar counts images above it
 
@@ -178,16 +179,11 @@ def _load_cached(cache_dir: Path, name: str) -> StateDict | None:
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path, what="model cache") as tmp:  # no device or folder replaced, no leftovers
         with open(tmp, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _train(spec: ModelSpec, progress: Progress | None) -> tuple[StateDict, dict]:
@@ -220,7 +216,7 @@ def _train(spec: ModelSpec, progress: Progress | None) -> tuple[StateDict, dict]
         "final_loss": result.final_loss,
         "attrcli_version": __version__,
         "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": result.threads,
         "weights_hash": state_dict_hash(state),
         "config": recipe_config(spec.name),
     }

@@ -12,8 +12,10 @@ to run code to unpickle is refused.
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,9 @@ from torch import nn
 
 from attrcli.errors import UserError
 from attrcli.models.adapter import ModelAdapter, resnet_adapter, vgg_adapter
+from attrcli.models.convnext import convnext_adapter
+from attrcli.models.swin import swin_adapter
+from attrcli.models.vit import vit_adapter
 from attrcli.registry import Registry
 from attrcli.store import content_hash
 
@@ -31,7 +36,9 @@ Progress = Callable[[str, int, int], None]
 StateDict = dict[str, torch.Tensor]
 RANDOM = "random"
 INIT_SEED = 0
-FAMILIES: dict[str, Callable[..., ModelAdapter]] = {"vgg": vgg_adapter, "resnet": resnet_adapter}
+FAMILIES: dict[str, Callable[..., ModelAdapter]] = {
+    "vgg": vgg_adapter, "resnet": resnet_adapter, "convnext": convnext_adapter, "swin": swin_adapter, "vit": vit_adapter,
+}
 
 
 class DefaultWeights(Protocol):
@@ -47,7 +54,7 @@ class ModelSpec:
     """How to build one model."""
 
     name: str  # registry name, also the model part of artifact keys
-    family: str  # "vgg" or "resnet": the adapter that splits it into blocks and head
+    family: str  # a key of FAMILIES (vgg, resnet, convnext, swin, vit): the adapter that splits it
     factory: Callable[[], nn.Module]  # builds the module with fresh random weights
     cell_size: int  # pixel size of one image (one grid cell)
     num_classes: int
@@ -130,7 +137,9 @@ def load_state_dict_file(path: Path | str) -> StateDict:
         problem = "is not a file" if path.exists() else "does not exist"
         raise UserError(f"weights file {path} {problem}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's multi-line notes on odd pickles: the error says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:
@@ -142,7 +151,10 @@ def load_state_dict_file(path: Path | str) -> StateDict:
             "only loads plain state dicts (torch.save(model.state_dict(), path))"
         ) from None
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for corrupt files
-        raise UserError(f"{path} is not a readable weights file: {_first_line(exc)}") from None
+        raise UserError(
+            f"{path} is not a readable weights file (corrupt, or not written by torch.save): "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not (
@@ -156,6 +168,16 @@ def load_state_dict_file(path: Path | str) -> StateDict:
 
 def apply_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, model: str, source: str) -> None:
     """Load ``state`` into ``module``; the first key or shape that does not fit is a UserError."""
+    check_state_fit(module, state, model=model, source=source)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"weights {source} do not fit model {model}: {_first_line(exc)}") from None
+
+
+def check_state_fit(module: nn.Module, state: Mapping[str, torch.Tensor], *, model: str, source: str) -> None:
+    """Refuse (UserError) a state dict whose keys or shapes do not fit ``module`` (which may be
+    on the meta device: only names and shapes are compared)."""
     expected = module.state_dict()
     for key, tensor in expected.items():
         if key not in state and key.endswith("num_batches_tracked"):
@@ -176,10 +198,22 @@ def apply_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, mo
             f"weights {source} do not fit model {model}: unexpected parameter {extra[0]} "
             f"(shape {tuple(state[extra[0]].shape)})"
         )
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise UserError(f"weights {source} do not fit model {model}: {_first_line(exc)}") from None
+
+
+def check_weights(name: str, weights: str | Path) -> None:
+    """Refuse (UserError) a weights file that cannot be read or does not fit model ``name``,
+    before anything is computed or written. Registered models are built on the meta device (no
+    memory, no initialisation); a ``module:attr`` factory is called."""
+    if isinstance(weights, str) and weights == RANDOM:
+        return
+    state = load_state_dict_file(weights)
+    obj = MODELS.get(name)
+    if isinstance(obj, ModelSpec):
+        with torch.device("meta"):
+            module = obj.factory()
+    else:
+        module = _from_factory(name, obj, None).module
+    check_state_fit(module, state, model=name, source=str(weights))
 
 
 def _from_spec(
@@ -206,6 +240,20 @@ def _from_spec(
 
 
 def _from_factory(name: str, factory: Callable[[], object], weights: str | Path | None) -> ModelAdapter:
+    if not callable(factory):
+        raise UserError(
+            f"model {name!r} is a {type(factory).__name__}; expected a ModelSpec or a zero-argument "
+            "factory returning a ModelAdapter"
+        )
+    try:
+        inspect.signature(factory).bind()
+    except TypeError:
+        raise UserError(
+            f"model {name!r} is not a zero-argument factory (it needs arguments); expected a "
+            "ModelSpec or a zero-argument factory returning a ModelAdapter"
+        ) from None
+    except ValueError:  # no signature to inspect (some builtins): calling it will tell
+        pass
     adapter = factory()
     if not isinstance(adapter, ModelAdapter):
         raise UserError(

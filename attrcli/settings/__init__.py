@@ -1,6 +1,6 @@
-"""The three grid settings: GridPG, DiFull and DiPart (SPEC §1)."""
+"""The grid settings: GridPG, DiFull and DiPart (SPEC §1), and GridPG on a rescaled grid."""
 
 from attrcli.settings.base import SETTINGS, GridSetting, Targets, create_setting
-from attrcli.settings.grid import DiFull, DiPart, GridPG
+from attrcli.settings.grid import DiFull, DiPart, GridPG, GridPGRescaled
 
-__all__ = ["SETTINGS", "DiFull", "DiPart", "GridPG", "GridSetting", "Targets", "create_setting"]
+__all__ = ["SETTINGS", "DiFull", "DiPart", "GridPG", "GridPGRescaled", "GridSetting", "Targets", "create_setting"]

@@ -64,12 +64,18 @@ class GridSetting(ABC):
         return x
 
     def to_map(self, a: torch.Tensor) -> torch.Tensor:
-        """A tensor in network layout to grid layout ``(B, C, h, w)``."""
-        return a
+        """A tensor in network layout to grid layout ``(B, C, h, w)`` (token sequences become
+        maps: :meth:`~attrcli.models.adapter.ModelAdapter.spatial`)."""
+        return self.model.spatial(a)
 
     def from_map(self, m: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`to_map`."""
         return m
+
+    def extra_modules(self) -> list[torch.nn.Module]:
+        """Modules the setting adds after the model's head (GridPG's window mean), for methods
+        that instrument every module on the way to the logits (LRP)."""
+        return []
 
     @abstractmethod
     def heads(self, features: torch.Tensor) -> torch.Tensor:
@@ -112,6 +118,21 @@ class GridSetting(ABC):
                 f"{self.n * one[0]}x{self.n * one[1]}: setting {self.name} needs a cell size "
                 "whose feature map tiles the grid's (e.g. a multiple of the model's total stride)"
             )
+
+    # --- methods -----------------------------------------------------------------------
+    def check_method(self, method: type | object, layer: str) -> None:
+        """Raise a one-line UserError, naming the methods that are valid there, if ``method``
+        (a method class or instance) cannot run at ``layer`` of this setting's model
+        (:mod:`attrcli.settings.applicability`)."""
+        from attrcli.settings.applicability import check_method
+
+        check_method(self, method, layer)
+
+    def map_size(self, layer_index: int) -> tuple[int, int]:
+        """Height and width of the grid-layout map at block ``layer_index`` (-1: the grid
+        image), traced without computing (:func:`layer_feature_size`)."""
+        h, w = layer_feature_size(self.model, self.model.cell_size, layer_index)
+        return h * self.n, w * self.n
 
     # --- targets -----------------------------------------------------------------------
     def default_cells(self) -> list[int]:
@@ -164,7 +185,7 @@ class GridSetting(ABC):
         return cell_of[None] == cells.to(device)[:, None, None]
 
 
-_FEATURE_SIZES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, tuple[int, int]]]" = weakref.WeakKeyDictionary()
+_FEATURE_SIZES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[int, int], tuple[int, int]]]" = weakref.WeakKeyDictionary()
 
 
 def final_feature_size(model: ModelAdapter, size: int) -> tuple[int, int]:
@@ -174,16 +195,25 @@ def final_feature_size(model: ModelAdapter, size: int) -> tuple[int, int]:
     whatever the model; a block that cannot be traced that way runs for real on a zero image.
     Remembered per model module and size (shapes do not depend on the weights).
     """
+    return layer_feature_size(model, size, len(model.blocks) - 1)
+
+
+def layer_feature_size(model: ModelAdapter, size: int, layer_index: int) -> tuple[int, int]:
+    """Height and width of the map at block ``layer_index`` (-1: the image) for one
+    ``size``-pixel image; traced and remembered as :func:`final_feature_size`."""
+    if layer_index < 0:
+        return size, size
     known = _FEATURE_SIZES.setdefault(model.module, {})
-    if size not in known:
-        known[size] = _trace_feature_size(model, size)
-    return known[size]
+    if (size, layer_index) not in known:
+        known[(size, layer_index)] = _trace_feature_size(model, size, layer_index)
+    return known[(size, layer_index)]
 
 
-def _trace_feature_size(model: ModelAdapter, size: int) -> tuple[int, int]:
+def _trace_feature_size(model: ModelAdapter, size: int, stop: int) -> tuple[int, int]:
+    dtype = next(model.module.parameters(), torch.empty(0)).dtype
     try:
-        x = torch.empty(1, 3, size, size, device="meta")
-        for _, block in model.blocks:
+        x = torch.empty(1, 3, size, size, device="meta", dtype=dtype)
+        for _, block in model.blocks[: stop + 1]:
             state = {
                 name: torch.empty_like(tensor, device="meta")
                 for name, tensor in (*block.named_parameters(), *block.named_buffers())
@@ -193,10 +223,11 @@ def _trace_feature_size(model: ModelAdapter, size: int) -> tuple[int, int]:
         param = next(model.module.parameters(), torch.empty(0))
         try:
             with torch.no_grad():
-                x = model.run_blocks(torch.zeros(1, 3, size, size, dtype=param.dtype, device=param.device))
+                x = model.run_blocks(torch.zeros(1, 3, size, size, dtype=param.dtype, device=param.device), stop=stop)
         except RuntimeError as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"model {model.name} cannot run on {size}-pixel images: {reason}") from None
+    x = model.spatial(x)
     return int(x.shape[-2]), int(x.shape[-1])
 
 

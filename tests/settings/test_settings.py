@@ -33,8 +33,8 @@ def cells_of(x: torch.Tensor, n: int) -> list[torch.Tensor]:
 
 
 def test_registry_names_and_unknown_setting():
-    assert SETTINGS.names() == ["difull", "dipart", "gridpg"]
-    with pytest.raises(UserError, match="unknown setting 'grid'.*difull, dipart, gridpg"):
+    assert SETTINGS.names() == ["difull", "dipart", "gridpg", "gridpg-rescaled"]
+    with pytest.raises(UserError, match="unknown setting 'grid'.*difull, dipart, gridpg, gridpg-rescaled"):
         create_setting("grid", tiny_vgg(), 2)
 
 
