@@ -14,3 +14,16 @@ class UserError(Exception):
 
 class LockedError(UserError):
     """Another process holds the lock of an artifact."""
+
+
+class TaskError(Exception):
+    """A task failed while running (a job of a launch, say): the input was fine, the run was not.
+
+    The CLI prints the message on one line and exits with status 1; nothing half-written is
+    left where the next stage would take it for a result.
+    """
+
+
+class AttrcliWarning(UserWarning):
+    """Something attrcli recovered from and the user should know about (a corrupt checkpoint
+    chunk discarded, ...). The CLI prints each on one line."""

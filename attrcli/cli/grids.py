@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from attrcli.cli.app import command, emit, err, progress_bar, split_list
+from attrcli.cli.options import writable_folder
 from attrcli.data.datasets import DATASETS
 from attrcli.data.grids import VARIANTS
 from attrcli.store import read_artifact
@@ -49,9 +50,9 @@ def make_grids_command(
         "--per-model", help="Filter for each model separately and write one file per model "
         "(default: one joint filter, so all models see the same grids).")] = False,
     seed: Annotated[int, typer.Option(help="Random seed: the same arguments give the same file.")] = 0,
-    out_dir: Annotated[Path, typer.Option(help="Folder for the grid files.")] = Path("data/grids"),
+    out_dir: Annotated[Path, typer.Option(help="Folder for the grid files.", callback=writable_folder)] = Path("data/grids"),
     cache_dir: Annotated[Path, typer.Option(
-        help="Cache folder (trained digits models live in <cache-dir>/models).")] = Path("cache"),
+        help="Cache folder (trained digits models live in <cache-dir>/models).", callback=writable_folder)] = Path("cache"),
     device: Annotated[str, typer.Option(help="Where models run: auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per model pass.")] = 256,
     download: Annotated[bool, typer.Option(
@@ -90,3 +91,47 @@ def make_grids_command(
         typer.echo(json.dumps([_summary(p, statuses.get(p, "")) for p in paths], indent=2))
     else:
         emit(paths)
+
+
+@command("import-grids")
+def import_grids_command(
+    source: Annotated[Path, typer.Argument(
+        help="Your grids: a .npz with grids (B×3×H×W float32, normalised) and labels (B×n² int), "
+        "optionally class_names, mean, std; or a .csv with the header grid,cell,image,class (one "
+        "row per cell, cells row-major, image paths relative to the CSV).")],
+    variant: Annotated[str, typer.Option(
+        help="distinct (n² distinct classes per grid, for GridPG) or corners (one class at the "
+        "top-left and bottom-right cells, for DiFull/DiPart).")],
+    model: Annotated[str | None, typer.Option(
+        help="Model the grids are for: its cell size, class count and normalisation are checked "
+        "(and used for a .csv).")] = None,
+    num_classes: Annotated[int | None, typer.Option(
+        help="Classes of the model's output (default: the length of class_names, or --model's).")] = None,
+    cell_size: Annotated[int | None, typer.Option(
+        help="Pixels per cell a .csv's images are resized to (default: --model's).")] = None,
+    mean: Annotated[str | None, typer.Option(
+        help="Per-channel normalisation mean, e.g. 0.485,0.456,0.406 (default: the .npz's or --model's).")] = None,
+    std: Annotated[str | None, typer.Option(
+        help="Per-channel normalisation std, e.g. 0.229,0.224,0.225 (default: the .npz's or --model's).")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Grid file name, which also names its cache folders (default: the source's stem).")] = None,
+    out_dir: Annotated[Path, typer.Option(help="Folder for the grid file.")] = Path("data/grids"),
+    batch_size: Annotated[int, typer.Option(help="Images read and resized at a time (.csv).")] = 256,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Rewrite the file even when it is up to date, or was not made by import-grids.")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait for another process writing the same file instead of failing.")] = False,
+) -> None:
+    """Check your own grid images and write them as a grid file every later stage reads.
+
+    Prints the file's path (<out-dir>/<name>.h5) on stdout. Bad input exits 2 with nothing written.
+    """
+    from attrcli.data.import_grids import import_grids, parse_triple
+
+    path, status = import_grids(
+        source, variant=variant, model=model, num_classes=num_classes, cell_size=cell_size,
+        mean=parse_triple(mean, "--mean"), std=parse_triple(std, "--std"), name=name, out_dir=out_dir,
+        batch_size=batch_size, force=force, wait=wait,
+    )
+    err.print(f"{status}: {path}", highlight=False)
+    emit([path])

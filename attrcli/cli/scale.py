@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 
 from attrcli.cli.app import command, emit, err, paths_from_args, progress_bar, split_list
-from attrcli.cli.options import CacheRoot, Device, Force, GridFile, Json, Quiet
-from attrcli.errors import UserError
+from attrcli.cli.options import (
+    BatchSize,
+    CacheRead,
+    CacheRoot,
+    Device,
+    Force,
+    GridFile,
+    Json,
+    Quiet,
+    Seed,
+    Shards,
+    Weights,
+    at_least,
+    model_weights,
+    positive,
+)
+from attrcli.errors import TaskError, UserError
 
 if TYPE_CHECKING:
     from attrcli.engine.jobs import AttributeResult
@@ -20,8 +36,17 @@ Model = Annotated[str, typer.Option("--model", help="Registered model or module:
 Layer = Annotated[str, typer.Option("--layer", help="Comma list of layers.")]
 Method = Annotated[str, typer.Option("--method", help="Comma list of method specs, or 'all'.")]
 Heads = Annotated[Optional[str], typer.Option("--heads", help="Cells to evaluate: default, all, or indices.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Grid images per forward pass.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for methods that sample.")]
+
+
+@contextmanager
+def task_failures() -> Iterator[None]:
+    """A task that failed while running: its one-line error on stderr and exit status 1."""
+    try:
+        yield
+    except TaskError as exc:
+        message = str(exc).replace("\n", " ")
+        err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def print_results(results: list[AttributeResult], as_json: bool) -> None:
@@ -39,15 +64,15 @@ def launch_command(
     grids: GridFile, setting: Setting = "gridpg", model: Model = "digits-vgg11",
     layer: Layer = "input,middle,final", method: Method = "grad", heads: Heads = None,
     launcher: Annotated[str, typer.Option("--launcher", help="local (submitit subprocesses) or slurm.")] = "local",
-    shards: Annotated[int, typer.Option("--shards", help="Split each setting's grid images into N shard jobs.")] = 1,
+    shards: Shards = 1,
     partition: Annotated[Optional[str], typer.Option("--partition", help="SLURM partition.")] = None,
-    gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", help="GPUs per SLURM task.")] = 0,
-    time: Annotated[int, typer.Option("--time", help="Time limit per task, minutes.")] = 60,
-    array_parallelism: Annotated[int, typer.Option("--array-parallelism", help="Tasks of the array running at once (SLURM).")] = 32,
+    gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", callback=at_least(0), help="GPUs per SLURM task.")] = 0,
+    time: Annotated[int, typer.Option("--time", callback=positive, help="Time limit per task, minutes.")] = 60,
+    array_parallelism: Annotated[int, typer.Option("--array-parallelism", callback=positive, help="Tasks of the array running at once (SLURM).")] = 32,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return after submitting; merge later with `attrcli merge --all`.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (in each task).")] = "auto",
     batch_size: BatchSize = 32,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="State-dict file (weights_only=True).")] = None,
+    weights: Weights = None,
     cache_dir: CacheRoot = Path("cache"),
     seed: Seed = 0,
     force: Force = False,
@@ -57,7 +82,8 @@ def launch_command(
     """Run `attribute` as a submitit job array of settings × shards, wait, and merge the shards."""
     from attrcli.engine.launch import launch_attribute
 
-    with progress_bar(quiet) as progress:
+    weights = model_weights(weights, model)
+    with task_failures(), progress_bar(quiet) as progress:
         results = launch_attribute(
             job=dict(grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method),
             launcher=launcher,
@@ -94,19 +120,29 @@ def merge_command(
 
 @command("status")
 def status_command(
-    grids: GridFile, setting: Setting = "gridpg", model: Model = "digits-vgg11",
+    grids: Annotated[Optional[Path], typer.Option("--grids", help="Grid file written by make-grids; without it, a summary of every key under --cache-dir.")] = None,
+    setting: Annotated[Optional[str], typer.Option("--setting", help="gridpg, difull or dipart (comma list allowed) [with --grids, default: gridpg].")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Registered model or module:Name [with --grids, default: digits-vgg11].")] = None,
     layer: Layer = "input,middle,final", method: Method = "grad", heads: Heads = None,
-    cache_dir: CacheRoot = Path("cache"),
+    batch_size: BatchSize = 32,
+    seed: Seed = 0,
+    shards: Shards = 1,
+    cache_dir: CacheRead = Path("cache"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Which attribution keys are done, partial (shards or checkpoints), stale, corrupt or missing.
 
-    Weights are not loaded, so a key made with other weights shows as done.
+    Weights are not loaded, so a key made with other weights shows as done. RISE and SmoothGrad
+    keys depend on --seed, --batch-size (and --shards): give those the run used. Without --grids,
+    one row per grid file, setting and model under --cache-dir, counting what each stage holds.
     """
+    if grids is None:
+        return _cache_summary(cache_dir, split_list(setting), split_list(model), as_json)
     from attrcli.engine.launch import status
 
-    rows = status(grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method,
-                  heads=heads, cache_root=cache_dir)
+    rows = status(grids=grids, setting=split_list(setting or "gridpg"), model=model or "digits-vgg11",
+                  layers=layer, methods=method, heads=heads, cache_root=cache_dir, seed=seed,
+                  batch_size=batch_size, shards=shards)
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
@@ -120,14 +156,42 @@ def status_command(
     Console().print(table)
 
 
+def _cache_summary(cache_dir: Path, settings: list[str], models: list[str], as_json: bool) -> None:
+    """``status`` without ``--grids``: what the cache holds per grid file, setting and model."""
+    from attrcli.store.inventory import summarize_cache
+
+    groups = [g for g in summarize_cache(cache_dir)
+              if (not settings or g.setting in settings) and (not models or g.model in models)]
+    if as_json:
+        typer.echo(json.dumps([g.as_dict() for g in groups], indent=2))
+        return
+    if not groups:
+        err.print(f"no artifacts under {cache_dir}", highlight=False)
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"attrcli cache {escape(str(cache_dir))}")
+    for column in ("grids", "setting", "model"):
+        table.add_column(column, no_wrap=True)
+    for column in ("attributions", "partial", "stale", "corrupt", "scores", "aggatt"):
+        table.add_column(column, justify="right")
+    for g in groups:
+        table.add_row(escape(g.grids), g.setting, escape(g.model), str(g.done["attributions"]), str(g.partial),
+                      f"[magenta]{g.stale}[/]" if g.stale else "0", f"[red]{g.corrupt}[/]" if g.corrupt else "0",
+                      str(g.done["scores"]), str(g.done["aggatt"]))
+    Console().print(table)
+
+
 @command("plan")
 def plan_command(
     grids: GridFile, setting: Setting = "gridpg", model: Model = "digits-vgg11",
     layer: Layer = "input,middle,final", method: Method = "grad", heads: Heads = None,
-    shards: Annotated[int, typer.Option("--shards", help="Shards per setting.")] = 1,
+    shards: Shards = 1,
     device: Device = "auto",
     batch_size: BatchSize = 32,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="State-dict file.")] = None,
+    weights: Weights = None,
     cache_dir: CacheRoot = Path("cache"),
     seed: Seed = 0,
     force: Annotated[bool, typer.Option("--force", help="Include keys that are done.")] = False,
@@ -139,6 +203,7 @@ def plan_command(
     """
     from attrcli.engine.launch import plan_commands
 
+    weights = model_weights(weights, model)
     for line in plan_commands(
         grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method,
         shards=shards, heads=heads, cache_root=cache_dir, batch_size=batch_size, device=device,

@@ -186,9 +186,26 @@ def _open_imagenet(root: Path, download: bool) -> Pool:
     return pool
 
 
+def load_images(paths: Sequence[Path | str], size: int, loader: Callable | None = None) -> torch.Tensor:
+    """Image files as float32 ``(B, 3, size, size)`` in [0, 1], resized as every pool resizes.
+
+    ``loader`` opens one file as an RGB PIL image (default: torchvision's, as ``ImageFolder``).
+    """
+    from torchvision.datasets.folder import default_loader
+    from torchvision.transforms.functional import pil_to_tensor
+
+    cells = []
+    for path in paths:
+        try:
+            image = (loader or default_loader)(str(path))
+        except OSError as exc:
+            raise UserError(f"cannot read image {path}: {exc}") from None
+        cells.append(resize(pil_to_tensor(image).float().div_(255.0)[None], size))
+    return torch.cat(cells) if cells else torch.zeros(0, 3, size, size)
+
+
 def _open_folder(root: Path, name: str) -> Pool:
     from torchvision.datasets import ImageFolder
-    from torchvision.transforms.functional import pil_to_tensor
 
     try:
         data = ImageFolder(str(root))
@@ -199,15 +216,7 @@ def _open_folder(root: Path, name: str) -> Pool:
     labels = np.asarray(data.targets, dtype=np.int64)
 
     def read(positions: np.ndarray, size: int) -> torch.Tensor:
-        cells = []
-        for position in positions:
-            path, _ = data.samples[int(position)]
-            try:
-                image = data.loader(path)
-            except OSError as exc:
-                raise UserError(f"cannot read image {path}: {exc}") from None
-            cells.append(resize(pil_to_tensor(image).float().div_(255.0)[None], size))
-        return torch.cat(cells)
+        return load_images([data.samples[int(p)][0] for p in positions], size, data.loader)
 
     sources = np.arange(len(labels), dtype=np.int64)
     return Pool(name, labels, sources, tuple(data.classes), read)

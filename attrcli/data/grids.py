@@ -25,6 +25,7 @@ from attrcli.data.datasets import DATASETS, DatasetSpec, Pool, normalize
 from attrcli.errors import UserError
 from attrcli.store import artifact_lock, content_hash, read_provenance, write_artifact
 from attrcli.store.artifacts import make_provenance
+from attrcli.store.files import check_folder, output_target
 
 VARIANTS = ("distinct", "corners")
 Progress = Callable[[str, int, int], None]
@@ -353,6 +354,8 @@ def make_grids(
     variants = resolve_variants(variant)
     _check_numbers(n=n, count=count, min_conf=min_conf, seed=seed, batch_size=batch_size,
                    cell_size=cell_size)
+    check_folder(out_dir, what="--out-dir")
+    check_folder(cache_dir, what="--cache-dir")
     spec = DATASETS.get(dataset)
     if not isinstance(spec, DatasetSpec):
         raise UserError(f"{dataset} is not a dataset spec (a DatasetSpec instance)")
@@ -388,6 +391,8 @@ def make_grids(
                                config, inputs))
 
     todo = [f for f in files if force or not _up_to_date(f)]
+    for f in todo:
+        output_target(f.path, what="grid file")  # a folder or device in the way: refused before any work
     if todo:
         needed = list(dict.fromkeys(m for f in todo for m in f.models))
         masks = confident(pool, [by_name[m] for m in needed], min_conf=min_conf,

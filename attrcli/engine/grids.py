@@ -6,6 +6,7 @@ Images are read a chunk at a time (:class:`GridImages`), so memory stays bounded
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,11 @@ class GridImages:
         return self.shape[0]
 
     def __getitem__(self, index: Any) -> np.ndarray:
-        with h5py.File(self.path, "r") as handle:
-            return np.asarray(handle["images"][index], dtype=np.float32)
+        try:
+            with h5py.File(self.path, "r") as handle:
+                return np.asarray(handle["images"][index], dtype=np.float32)
+        except (OSError, KeyError) as exc:
+            raise UserError(f"{self.path}: cannot read its images ({exc})") from None
 
 
 @dataclass
@@ -46,7 +50,7 @@ class GridFile:
     n: int
     cell_size: int
     variant: str
-    num_classes: int
+    num_classes: int | None  # None: the file names no class count (the model's is assumed)
     hash: str
 
     @property
@@ -58,10 +62,47 @@ class GridFile:
         return int(self.images.shape[-1])
 
 
+def class_count(attrs: dict[str, Any]) -> int | None:
+    """The class count a grid file states: its ``num_classes`` attribute, else the length of its
+    ``class_names`` (a JSON list as attrcli writes it, or an HDF5 string array as h5py does);
+    None when it states neither. Never the labels' maximum, which undercounts."""
+    if "num_classes" in attrs:
+        return int(attrs["num_classes"])
+    names = attrs.get("class_names")
+    if names is None:
+        return None
+    if isinstance(names, (str, bytes)):
+        names = [names]
+    return len(np.asarray(names).reshape(-1)) or None
+
+
+def check_corners(labels: np.ndarray, where: str, ids: Sequence[int] | None = None) -> None:
+    """A corners grid holds one class at its top-left and bottom-right cells (heads 0 and n²−1).
+
+    ``ids`` name the grids in the message (default: their row)."""
+    wrong = np.flatnonzero(labels[:, 0] != labels[:, -1])
+    if wrong.size:
+        row = int(wrong[0])
+        name = ids[row] if ids is not None else row
+        raise UserError(
+            f"{where}: corners grid {name} has class {int(labels[row, 0])} at the top-left but "
+            f"{int(labels[row, -1])} at the bottom-right (both corners must hold one class; "
+            f"{wrong.size} grid(s) differ)"
+        )
+
+
 def load_grid_file(path: Path | str) -> GridFile:
-    """Read a grid file written by ``make-grids``."""
+    """Read a grid file written by ``make-grids`` or ``import-grids``."""
     path = Path(path)
-    artifact = read_artifact(path, names=["labels"])
+    try:
+        artifact = read_artifact(path, names=["labels"])
+    except UserError as exc:
+        if "no schema_version" in str(exc):
+            raise UserError(
+                f"{path} is not an attrcli grid file (no schema_version); convert your own grids "
+                "with attrcli import-grids"
+            ) from None
+        raise
     attrs = artifact.attrs
     missing = [k for k in ("n", "cell_size", "variant") if k not in attrs]
     if missing:
@@ -80,7 +121,9 @@ def load_grid_file(path: Path | str) -> GridFile:
         )
     if labels.shape != (len(images), n * n) or labels.min(initial=0) < 0:
         raise UserError(f"{path} holds labels of shape {labels.shape}, expected ({len(images)}, {n * n})")
-    class_names = attrs.get("class_names") or []
+    variant = str(attrs["variant"])
+    if variant == "corners":
+        check_corners(labels, str(path))
     return GridFile(
         path=path,
         name=path.stem,
@@ -88,8 +131,8 @@ def load_grid_file(path: Path | str) -> GridFile:
         labels=np.ascontiguousarray(labels, dtype=np.int64),
         n=n,
         cell_size=cell,
-        variant=str(attrs["variant"]),
-        num_classes=len(class_names) if class_names else int(labels.max()) + 1,
+        variant=variant,
+        num_classes=class_count(attrs),
         hash=file_hash(path),
     )
 
@@ -106,8 +149,13 @@ def check_fit(grids: GridFile, *, setting_name: str, variant: str, model: ModelA
             f"{grids.path} has {grids.cell_size}-pixel cells but {model.name} expects "
             f"{model.cell_size}-pixel cells"
         )
-    if grids.num_classes != model.num_classes or int(grids.labels.max()) >= model.num_classes:
+    if grids.num_classes is not None and grids.num_classes != model.num_classes:
         raise UserError(
             f"{grids.path} is built from a {grids.num_classes}-class dataset but {model.name} "
             f"has {model.num_classes} classes"
+        )
+    if int(grids.labels.max()) >= model.num_classes:
+        raise UserError(
+            f"{grids.path} holds class {int(grids.labels.max())} but {model.name} has "
+            f"{model.num_classes} classes (0–{model.num_classes - 1})"
         )

@@ -10,7 +10,11 @@ left out before anything is submitted.
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +22,9 @@ from typing import Any, Callable
 
 from attrcli.engine.checkpoint import Checkpoint  # noqa: F401  (documents the .partial layout)
 from attrcli.engine.grids import GridFile, load_grid_file
-from attrcli.engine.jobs import AttributeResult, Job, plan_jobs, resolve_methods, up_to_date
+from attrcli.engine.jobs import AttributeResult, Job, plan_jobs, resolve_methods, up_to_date, wants_all
 from attrcli.engine.shards import merge, shard_paths, shard_rows
-from attrcli.errors import UserError
+from attrcli.errors import TaskError, UserError
 from attrcli.models.adapter import ModelAdapter
 from attrcli.store import read_provenance
 
@@ -44,11 +48,12 @@ class KeyStatus:
 def preview_jobs(
     *, grids: Path | str, setting: str | list[str], model: str, layers: str | list[str],
     methods: str | list[str], heads: str | list[int] | None = None, cache_root: Path | str = Path("cache"),
-    adapter: ModelAdapter | None = None,
+    adapter: ModelAdapter | None = None, seed: int = 0, batch_size: int = 32, shards: int = 1,
 ) -> tuple[GridFile, list[Job]]:
     """The jobs an ``attribute`` call would plan, without loading weights (unless ``adapter``).
 
     Registered models are built on the meta device; a ``module:attr`` factory is called as is.
+    ``seed``, ``batch_size`` and ``shards`` shape the identity of sampling methods.
     """
     from attrcli.engine.attribute import _setting_names, _settings, _weightless
 
@@ -65,7 +70,10 @@ def preview_jobs(
     settings, layer_names = _settings(grid_file, names, adapter, layers, heads)
     jobs: list[Job] = []
     for grid_setting, cells in settings:
-        model_jobs, derived = plan_jobs(grid_file, grid_setting, cells, layer_names, specs, Path(cache_root))
+        model_jobs, derived = plan_jobs(
+            grid_file, grid_setting, cells, layer_names, specs, Path(cache_root), seed=seed,
+            batch_size=batch_size, shards=shards, applicable_only=wants_all(methods),
+        )
         jobs += model_jobs + derived
     return grid_file, jobs
 
@@ -132,9 +140,11 @@ def plan_commands(
     """
     if shards < 1:
         raise UserError(f"--shards must be at least 1, got {shards}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     grid_file, jobs = preview_jobs(
         grids=grids, setting=setting, model=model, layers=layers, methods=methods, heads=heads,
-        cache_root=cache_root,
+        cache_root=cache_root, seed=seed, batch_size=batch_size, shards=shards,
     )
     if shards > 1:
         shard_rows(grid_file.count, (0, shards))
@@ -163,20 +173,41 @@ def _run_task(kwargs: dict[str, Any]) -> list[AttributeResult]:
     """One array task (runs in the worker process)."""
     from attrcli.engine.attribute import attribute
 
+    # A SLURM task owns the CPUs it was allocated, not the node's: without task binding torch
+    # would start one thread per core of the node in every task.
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
+    if cpus and cpus.isdigit() and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(max(1, int(cpus)))
     return attribute(**kwargs)
 
 
-def _executor(launcher: str, folder: Path, options: dict[str, Any]):
-    import submitit
+def _number(options: dict[str, Any], name: str, default: int) -> int:
+    """An integer option, ``default`` when absent or None (0 is a value, and refused later)."""
+    value = options.get(name)
+    return default if value is None else int(value)
 
-    minutes = int(options.get("time") or 60)
-    gpus = int(options.get("gpus_per_task") or 0)
-    parallelism = int(options.get("array_parallelism") or 32)
+
+def _check_options(options: dict[str, Any]) -> tuple[int, int, int]:
+    """Minutes, GPUs per task and array parallelism of ``options``; a UserError if out of range."""
+    minutes = _number(options, "time", 60)
+    gpus = _number(options, "gpus_per_task", 0)
+    parallelism = _number(options, "array_parallelism", 32)
     for name, value in (("--time", minutes), ("--array-parallelism", parallelism)):
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
     if gpus < 0:
         raise UserError(f"--gpus-per-task must be 0 or more, got {gpus}")
+    return minutes, gpus, parallelism
+
+
+def _executor(launcher: str, folder: Path, options: dict[str, Any]):
+    import submitit
+
+    minutes, gpus, parallelism = _check_options(options)
+    if launcher == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--launcher slurm needs SLURM's sbatch on PATH (scripts/local-slurm.sh starts a one-node cluster)")
     executor = submitit.AutoExecutor(folder=str(folder), cluster=launcher)
     params: dict[str, Any] = {"timeout_min": minutes, "name": "attrcli-attribute"}
     if launcher == "slurm":
@@ -185,6 +216,22 @@ def _executor(launcher: str, folder: Path, options: dict[str, Any]):
             params["slurm_partition"] = str(options["partition"])
     executor.update_parameters(**params)
     return executor
+
+
+def _submit(executor: Any, kwargs: list[dict[str, Any]], launcher: str) -> list:
+    """Submit the array; a refused submission (sbatch's error) becomes one line."""
+    import contextlib
+    import io
+
+    from submitit.core.utils import FailedJobError
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):  # submitit prints sbatch's stderr as well
+            return executor.map_array(_run_task, kwargs)
+    except FailedJobError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise UserError(f"{launcher} refused the job array: {lines[-1] if lines else 'no reason given'}") from None
 
 
 def launch_attribute(
@@ -205,7 +252,8 @@ def launch_attribute(
     model = job["model"]
     if not isinstance(model, str):
         raise UserError("a launcher needs the model as a name (registered, or module:attr)")
-    shards = int(options.get("shards") or 1)
+    _check_options(options)
+    shards = _number(options, "shards", 1)
     if shards < 1:
         raise UserError(f"--shards must be at least 1, got {shards}")
     cache_root = Path(common.get("cache_root", "cache"))
@@ -216,14 +264,18 @@ def launch_attribute(
     progress: Progress | None = common.get("progress")
     from attrcli.models import create_model
 
+    selection = dict(
+        grids=job["grids"], setting=job["setting"], model=model, layers=job.get("layers", "input,middle,final"),
+        methods=job.get("methods", "grad"), heads=common.get("heads"), cache_root=cache_root,
+    )
+    grid_file, _ = preview_jobs(**selection)  # bad input fails here, before weights are loaded or trained
+    if shards > 1:
+        shard_rows(grid_file.count, (0, shards))
     # Loading here validates the weights and trains default digits weights once, not per task.
     adapter = create_model(model, weights=common.get("weights"), device=resolve_device(device), cache_dir=cache_root, progress=progress)
     grid_file, jobs = preview_jobs(
-        grids=job["grids"], setting=job["setting"], model=model, layers=job.get("layers", "input,middle,final"),
-        methods=job.get("methods", "grad"), heads=common.get("heads"), cache_root=cache_root, adapter=adapter,
+        **selection, adapter=adapter, seed=int(common.get("seed", 0)), batch_size=batch_size, shards=shards,
     )
-    if shards > 1:
-        shard_rows(grid_file.count, (0, shards))
     todo = [j for j in jobs if force or not up_to_date(j)]
     results = [AttributeResult(j.key, j.path, "up to date") for j in jobs if j not in todo]
     if not todo:
@@ -242,10 +294,10 @@ def launch_attribute(
     ]
     folder = Path(options.get("folder") or cache_root / "submitit")
     executor = _executor(launcher, folder, options)
-    submitted = executor.map_array(_run_task, kwargs)
+    submitted = _submit(executor, kwargs, launcher)
     if options.get("no_wait"):
         return results + [AttributeResult(j.key, j.path, "submitted") for j in todo]
-    _wait(submitted, kwargs, progress)
+    _wait(submitted, kwargs, progress, launcher=launcher)
     if shards > 1:
         derived = [j for j in todo if j.base_path is not None]
         for j in [j for j in todo if j.base_path is None] + derived:
@@ -253,11 +305,77 @@ def launch_attribute(
     return results + [AttributeResult(j.key, j.path, "computed") for j in todo]
 
 
-def _wait(submitted: list, kwargs: list[dict[str, Any]], progress: Progress | None, poll: float = 0.5) -> None:
-    """Block until every task ends; the first failure becomes a one-line UserError."""
-    total = len(submitted)
+def _slurm_active(array_ids: list[str]) -> bool | None:
+    """Whether ``squeue`` still lists a task of these arrays (pending, running, completing);
+    None when squeue cannot tell (not installed, or the controller does not answer)."""
+    try:
+        out = subprocess.run(
+            ["squeue", "--noheader", "--jobs", ",".join(array_ids), "--format", "%i %T"],
+            capture_output=True, text=True, timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        # Jobs purged from the controller's memory are unknown to it: they have ended.
+        return False if "Invalid job id" in out.stderr else None
+    return any(line.strip() for line in out.stdout.splitlines())
+
+
+def _finished(submitted: list, launcher: str, state: dict[str, float]) -> int:
+    """How many tasks have ended.
+
+    SLURM tasks are watched through their result files and ``squeue``, not submitit's ``sacct``
+    calls: a cluster without accounting storage (such as scripts/local-slurm.sh) answers sacct
+    with an error on every poll, and a task that died without a result file would then be
+    waited for forever. Once no task of the array is queued, every task counts as ended and
+    ``result()`` says what happened to those without a result.
+    """
+    if launcher != "slurm":
+        return sum(task.done() for task in submitted)
+    done = sum(task.paths.result_pickle.exists() for task in submitted)
+    now = time.monotonic()
+    if done < len(submitted) and now >= state.get("next_check", 0.0):
+        state["next_check"] = now + 5.0
+        arrays = sorted({str(task.job_id).split("_")[0] for task in submitted})
+        active = _slurm_active(arrays)
+        if active is None:
+            return sum(task.done() for task in submitted)
+        if not active:
+            return len(submitted)
+    return done
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)(?::\s.*)?)$")
+
+
+def task_error_line(text: str) -> str:
+    """The line of a failed task's report that says why: the exception of its traceback (without
+    the module path), else the first error the scheduler logged, else the report's first line.
+
+    Drops submitit's footer (the log paths, which the caller names) and separator lines.
+    """
+    body = text.split("You can check full logs", 1)[0]
+    lines = [line.strip() for line in body.splitlines() if line.strip() and set(line.strip()) != {"-"}]
+    for line in reversed(lines):
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            return match[1]
+    boilerplate = ("has not produced any output", "error stream produced")
+    errors = [line for line in lines if "error" in line.lower() and not any(b in line.lower() for b in boilerplate)]
+    if errors:
+        return errors[0]
+    silent = [line for line in lines if "has not produced any output" in line]
+    return silent[0] if silent else (lines[0] if lines else "no error message")
+
+
+def _wait(
+    submitted: list, kwargs: list[dict[str, Any]], progress: Progress | None, *, launcher: str = "local",
+    poll: float = 0.5,
+) -> None:
+    """Block until every task ends; the first failure becomes a one-line :class:`TaskError`."""
+    total, state = len(submitted), {}
     while True:
-        done = sum(task.done() for task in submitted)
+        done = _finished(submitted, launcher, state)
         if progress:
             progress("launch", done, total)
         if done == total:
@@ -267,8 +385,8 @@ def _wait(submitted: list, kwargs: list[dict[str, Any]], progress: Progress | No
         try:
             task.result()
         except Exception as exc:  # submitit wraps the worker's exception and traceback
-            lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-            last = lines[-1] if lines else type(exc).__name__
             shard = args["shard"]
             where = f"setting {args['setting']}" + (f", shard {shard[0]}/{shard[1]}" if shard else "")
-            raise UserError(f"task {task.job_id} ({where}) failed: {last} (log: {task.paths.stderr})") from None
+            raise TaskError(
+                f"task {task.job_id} ({where}) failed: {task_error_line(str(exc))} (log: {task.paths.stderr})"
+            ) from None
