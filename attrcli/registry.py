@@ -44,11 +44,16 @@ class Registry(Generic[T]):
             return self._items[name]
         if ":" in name:
             module_name, _, attr = name.partition(":")
+            if not module_name.strip() or not attr.strip():
+                raise UserError(f"invalid {self.kind} {name!r}: use module:Name, e.g. mypackage.models:MyModel")
             try:
                 module = importlib.import_module(module_name)
                 return getattr(module, attr)
             except (ImportError, AttributeError) as exc:
                 raise UserError(f"cannot load {self.kind} {name!r}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - a user's module that fails to import
+                first = (str(exc).strip().splitlines() or [""])[0]
+                raise UserError(f"cannot load {self.kind} {name!r}: {type(exc).__name__}: {first}") from None
         raise UserError(
             f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())} "
             f"(or module:Name for your own)"

@@ -106,8 +106,11 @@ def run_study(
     from attrcli.data.grids import make_grids
     from attrcli.engine.attribute import attribute, resolve_device
     from attrcli.metrics.stages import aggatt, correlate, score
+    from attrcli.models.registry import check_weights
     from attrcli.plots.common import check_format
+    from attrcli.store.files import check_folder, output_target
 
+    # Everything is checked before the first file is written (grid files come first).
     study = PRESETS.get(preset)
     check_format(fmt)
     say = log or (lambda message: None)
@@ -118,15 +121,23 @@ def run_study(
         raise UserError(f"--weights for {unknown[0]}, which is not in study {study.name}; models: {', '.join(study.models)}")
     if launcher not in ("inline", "local", "slurm"):
         raise UserError(f"unknown launcher {launcher!r}; valid: inline, local, slurm")
-    batch = batch_size or study.batch_size
+    for name, value in (("--count", count), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    for option, folder in (("--data-dir", data_dir), ("--cache-dir", cache_root), ("--reports-dir", reports_dir)):
+        check_folder(folder, what=option)
+    for model, file in weights.items():
+        check_weights(model, file)
+    batch = batch_size if batch_size is not None else study.batch_size
     report_dir = Path(reports_dir) / study.name
     result = StudyResult(report_dir=report_dir, summary=report_dir / "summary.md")
+    output_target(result.summary, what="summary")
 
     say("grids")
     grid_files = {}
     for variant, default in (("distinct", study.count_distinct), ("corners", study.count_corners)):
         (grid_files[variant],) = make_grids(
-            dataset=study.dataset, root=root, variant=variant, n=study.n, count=count or default,
+            dataset=study.dataset, root=root, variant=variant, n=study.n, count=count if count is not None else default,
             models=list(study.models), out_dir=data_dir, cache_dir=cache_root, device=dev,
             force=force, progress=progress,
         )
@@ -169,7 +180,8 @@ def run_study(
         study=study, report_dir=report_dir, fmt=fmt, scores=scores, aggatts=aggatts,
         correlations=correlations, grid_files=grid_files,
     )
-    write_summary(study=study, path=result.summary, scores=scores, correlations=correlations, figures=result.figures)
+    write_summary(study=study, path=result.summary, scores=scores, correlations=correlations, figures=result.figures,
+                  attributions=attributions)
     return result
 
 

@@ -8,7 +8,20 @@ from typing import Annotated, Optional
 import typer
 
 from attrcli.cli.app import command, progress_bar, split_list
-from attrcli.cli.options import CacheRoot, Device, Force, GridFile, Json, Quiet
+from attrcli.cli.options import (
+    BatchSize,
+    CacheRoot,
+    Device,
+    Force,
+    GridFile,
+    Json,
+    Quiet,
+    Seed,
+    Weights,
+    at_least,
+    model_weights,
+    positive,
+)
 from attrcli.errors import UserError
 
 
@@ -21,21 +34,21 @@ def attribute_command(
     method: Annotated[str, typer.Option("--method", help="Comma list of methods, each optionally with parameters: occlusion:k=16,s=8. 'all' for every method.")] = "grad",
     heads: Annotated[Optional[str], typer.Option("--heads", help="Cells to evaluate: 'default' (all for gridpg, the two corners otherwise), 'all', or indices like 0,3.")] = None,
     device: Device = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Grid images per forward pass (intgrad: grid images x steps; perturbation methods: perturbed copies); bounds memory.")] = 32,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="State-dict file for the model (loaded with weights_only=True).")] = None,
+    batch_size: BatchSize = 32,
+    weights: Weights = None,
     cache_dir: CacheRoot = Path("cache"),
-    seed: Annotated[int, typer.Option("--seed", help="Seed for methods that sample (RISE, SmoothGrad).")] = 0,
+    seed: Seed = 0,
     force: Force = False,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for another process that holds an artifact's lock instead of exiting.")] = False,
     quiet: Quiet = False,
     as_json: Json = False,
     shard: Annotated[Optional[str], typer.Option("--shard", help="Compute only shard i/N of the grid images (0-based); join with `attrcli merge`.")] = None,
     launcher: Annotated[str, typer.Option("--launcher", help="inline (this process), local or slurm (submitit job array of settings x shards, then merge).")] = "inline",
-    shards: Annotated[int, typer.Option("--shards", help="With --launcher: shards per setting.")] = 1,
+    shards: Annotated[int, typer.Option("--shards", callback=positive, help="With --launcher: shards per setting.")] = 1,
     partition: Annotated[Optional[str], typer.Option("--partition", help="With --launcher slurm: partition.")] = None,
-    gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", help="With --launcher slurm: GPUs per task.")] = 0,
-    time: Annotated[int, typer.Option("--time", help="With --launcher: time limit per task, minutes.")] = 60,
-    array_parallelism: Annotated[int, typer.Option("--array-parallelism", help="With --launcher slurm: tasks running at once.")] = 32,
+    gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", callback=at_least(0), help="With --launcher slurm: GPUs per task.")] = 0,
+    time: Annotated[int, typer.Option("--time", callback=positive, help="With --launcher: time limit per task, minutes.")] = 60,
+    array_parallelism: Annotated[int, typer.Option("--array-parallelism", callback=positive, help="With --launcher slurm: tasks running at once.")] = 32,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="With --launcher: return after submitting.")] = False,
 ) -> None:
     """Compute attribution maps, one artifact per setting/model/layer/method.
@@ -46,6 +59,7 @@ def attribute_command(
     from attrcli.engine.attribute import attribute
     from attrcli.engine.shards import parse_shard
 
+    weights = model_weights(weights, model)
     if launcher != "inline":
         if shard:
             raise UserError("--shard is for one inline process; with --launcher use --shards N")

@@ -1,6 +1,8 @@
 """Option types that several command modules share, and the check of the artifact selection.
 
-Each is an ``Annotated`` type spelled once; a command names it with its own default.
+Each is an ``Annotated`` type spelled once; a command names it with its own default. Numbers
+carry their range and folders are checked as they are parsed, so a bad value is refused with
+one line (exit 2) before any work starts.
 """
 
 from __future__ import annotations
@@ -38,9 +40,70 @@ Method = Annotated[
     ),
 ]
 
+
+def _name(param: typer.CallbackParam) -> str:
+    return param.opts[0] if param.opts else str(param.name)
+
+
+def _folder(writable: bool) -> Callable[[typer.Context, typer.CallbackParam, Path | None], Path | None]:
+    """A callback refusing a folder option that names a file, a device or a kernel file system
+    (:func:`attrcli.store.files.check_folder`)."""
+
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
+        if value is None or ctx.resilient_parsing:
+            return value
+        from attrcli.store.files import check_folder
+
+        check_folder(value, what=_name(param), writable=writable)
+        return value
+
+    return check
+
+
+def at_least(least: int, most: int | None = None) -> Callable[[typer.Context, typer.CallbackParam, int | None], int | None]:
+    """A callback refusing a number below ``least`` (or above ``most``): zero and negative
+    counts are errors, never "the default"."""
+
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: int | None) -> int | None:
+        if value is None or ctx.resilient_parsing:
+            return value
+        if value < least:
+            raise UserError(f"{_name(param)} must be at least {least}, got {value}")
+        if most is not None and value > most:
+            raise UserError(f"{_name(param)} must be at most {most}, got {value}")
+        return value
+
+    return check
+
+
+positive = at_least(1)
+
+
+#: Callbacks of folder options that attrcli writes into, and of those it only reads.
+writable_folder = _folder(writable=True)
+readable_folder = _folder(writable=False)
+
 # Attribution jobs: attribute, launch, status, plan, merge (and Force for the analysis commands).
 GridFile = Annotated[Path, typer.Option("--grids", help="Grid file written by make-grids.")]
-CacheRoot = Annotated[Path, typer.Option("--cache-dir", help="Root of the artifact cache.")]
+CacheRoot = Annotated[
+    Path, typer.Option("--cache-dir", help="Root of the artifact cache.", callback=writable_folder)
+]
+CacheRead = Annotated[
+    Path, typer.Option("--cache-dir", help="Root of the artifact cache.", callback=readable_folder)
+]
+BatchSize = Annotated[
+    int, typer.Option("--batch-size", callback=positive, help="Grid images per forward pass (intgrad: grid "
+                      "images x steps; perturbation methods: perturbed copies); bounds memory.")
+]
+Seed = Annotated[
+    int, typer.Option("--seed", callback=at_least(0, 2**63 - 1), help="Seed for methods that sample (RISE, SmoothGrad).")
+]
+Shards = Annotated[int, typer.Option("--shards", callback=positive, help="Split each setting's grid images into N shards.")]
+Weights = Annotated[
+    str | None,
+    typer.Option("--weights", help="State-dict file for the model, as FILE or MODEL=FILE (loaded "
+                 "with weights_only=True), or 'random'."),
+]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 Force = Annotated[bool, typer.Option("--force", help="Recompute even if up to date.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -81,3 +144,47 @@ def selected(
         layers=split_list(layer),
         methods=split_methods(method),
     )
+
+
+def model_weights(value: str | None, model: str) -> str | None:
+    """``--weights`` of a command with one model: ``FILE``, ``MODEL=FILE`` or ``random``; the
+    file (or ``random``), or None for the model's default weights.
+
+    A value that names an existing file is a file, even with a ``=`` in its name.
+    """
+    if value is None:
+        return None
+    if not value.strip():
+        raise UserError("--weights is empty: give FILE, MODEL=FILE or random")
+    if value == "random" or "=" not in value or Path(value).is_file():
+        return value
+    name, _, path = value.partition("=")
+    if not name or not path:
+        raise UserError(f"invalid --weights {value!r}: use FILE or MODEL=FILE")
+    if name != model:
+        raise UserError(f"--weights {value!r} is for model {name}, but --model is {model}; use FILE or {model}=FILE")
+    return path
+
+
+def study_weights(items: list[str], models: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``--weights`` of a command with several models (``run``): each ``MODEL=FILE``, or one
+    ``FILE`` when there is one model; a dict model -> file."""
+    out: dict[str, str] = {}
+    for item in items:
+        if not item.strip():
+            raise UserError("--weights is empty: give MODEL=FILE")
+        if "=" in item and not Path(item).is_file():
+            model, _, path = item.partition("=")
+            if not model or not path:
+                raise UserError(f"invalid --weights {item!r}: use MODEL=FILE, e.g. vgg11=vgg11.pth")
+        elif len(models) == 1:
+            model, path = models[0], item
+        else:
+            raise UserError(
+                f"--weights {item!r} does not say which model it is for; use MODEL=FILE with one of "
+                f"{', '.join(models)}"
+            )
+        if model in out:
+            raise UserError(f"--weights given twice for model {model}")
+        out[model] = path
+    return out

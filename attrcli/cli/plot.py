@@ -16,7 +16,8 @@ from typing import Annotated
 import typer
 
 from attrcli.cli.app import app, command
-from attrcli.cli.options import Grids, Layer, Method, Model, Paths, Setting, selected
+from attrcli.cli.options import Grids, Layer, Method, Model, Paths, Setting, readable_folder, selected
+from attrcli.errors import UserError
 from attrcli.metrics.selection import ALL
 from attrcli.plots import (
     FORMATS,
@@ -37,7 +38,8 @@ plot_app = typer.Typer(
 app.add_typer(plot_app, name="plot")
 
 CacheDir = Annotated[
-    Path | None, typer.Option("--cache-dir", help="Cache folder read with --grids (default: cache).")
+    Path | None,
+    typer.Option("--cache-dir", help="Cache folder read with --grids (default: cache).", callback=readable_folder),
 ]
 Format = Annotated[
     str | None,
@@ -47,6 +49,24 @@ Out = Annotated[
     Path | None,
     typer.Option("--out", help="Figure file (default: reports/figures/<figure>.<format>)."),
 ]
+
+
+def figure_output(name: str, out: Path | None, fmt: str | None) -> tuple[Path, str]:
+    """The figure's path and format (:func:`attrcli.plots.output_path`), checked before any work:
+    ``--out`` must end in a figure format (or have no suffix) and must not be a folder or a
+    device (a symbolic link is written through)."""
+    from attrcli.store.files import output_target
+
+    if out is not None and out.suffix and out.suffix.lower().lstrip(".") not in FORMATS:
+        raise UserError(
+            f"--out {out}: {out.suffix} is not a figure format; use one of "
+            f"{', '.join('.' + f for f in FORMATS)}"
+        )
+    path, fmt = output_path(name, out, fmt)
+    if out is not None and out.suffix and out.suffix.lower() != f".{fmt}":
+        raise UserError(f"--out {out} does not match --format {fmt}; use a .{fmt} file name")
+    output_target(path, what="--out")
+    return path, fmt
 
 
 def figure(name: str) -> Callable:
@@ -83,7 +103,7 @@ def boxes_command(
     out: Out = None,
 ) -> None:
     """Box plots of localization scores per method and layer, a panel per setting and model (Fig. 9)."""
-    out_path, fmt = output_path("boxes", out, fmt)
+    out_path, fmt = figure_output("boxes", out, fmt)
     found = inputs(paths, grids, cache_dir, "scores", setting=setting, model=model,
                    layer=layer, method=method)
     typer.echo(str(plot_boxes(score_paths=found, out=out_path, fmt=fmt)))
@@ -102,7 +122,7 @@ def aggatt_command(
     out: Out = None,
 ) -> None:
     """AggAtt bin maps: a row per method and layer, a column per percentile bin (Fig. 12)."""
-    out_path, fmt = output_path("aggatt", out, fmt)
+    out_path, fmt = figure_output("aggatt", out, fmt)
     found = inputs(paths, grids, cache_dir, "aggatt", setting=setting, model=model,
                    layer=layer, method=method)
     typer.echo(str(plot_aggatt(aggatt_paths=found, out=out_path, fmt=fmt)))
@@ -125,7 +145,7 @@ def examples_command(
     out: Out = None,
 ) -> None:
     """The median example of each AggAtt bin: grid image and attribution map (Fig. 10)."""
-    out_path, fmt = output_path("examples", out, fmt)
+    out_path, fmt = figure_output("examples", out, fmt)
     found = inputs(paths, grids, cache_dir, "aggatt", setting=setting, model=model,
                    layer=layer, method=method)
     path = plot_examples(aggatt_paths=found, grid_file=grid_file, out=out_path, fmt=fmt)
@@ -152,7 +172,7 @@ def correlation_command(
     out: Out = None,
 ) -> None:
     """Heat map of Spearman correlations between methods and layers (Fig. 19)."""
-    out_path, fmt = output_path("correlation", out, fmt)
+    out_path, fmt = figure_output("correlation", out, fmt)
     found = inputs(paths, grids, cache_dir, "scores", setting=setting, model=model,
                    layer=layer, method=method)
     typer.echo(str(plot_correlation(paths=found, out=out_path, fmt=fmt)))
@@ -179,7 +199,7 @@ def smoothing_command(
     out: Out = None,
 ) -> None:
     """S-IntGrad / S-IxG localization and correlation with Grad-CAM against K (Tabs. 1-2, Fig. 26)."""
-    out_path, fmt = output_path("smoothing", out, fmt)
+    out_path, fmt = figure_output("smoothing", out, fmt)
     found = inputs(paths, grids, cache_dir, "scores", setting=setting, model=model)
     path = plot_smoothing(score_paths=found, reference=reference, layer=layer, out=out_path,
                           fmt=fmt)

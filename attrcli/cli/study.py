@@ -10,17 +10,14 @@ from typing import Optional
 import typer
 
 from attrcli.cli.app import command, err, progress_bar
-from attrcli.errors import UserError
+from attrcli.cli.options import positive, study_weights, writable_folder
 
 
-def _weights(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        model, eq, path = item.partition("=")
-        if not eq or not model or not path:
-            raise UserError(f"invalid --weights {item!r}: use MODEL=FILE, e.g. vgg11=vgg11.pth")
-        out[model] = path
-    return out
+def _weights(items: list[str], preset: str) -> dict[str, str]:
+    """``--weights`` as model -> file; a bare FILE only when the preset has one model."""
+    from attrcli.study import PRESETS
+
+    return study_weights(items, PRESETS.get(preset).models) if items else {}
 
 
 @command("run")
@@ -28,14 +25,14 @@ def run_command(
     preset: str = typer.Option("digits", "--preset", help="Study preset: digits (embedded, offline) or paper-imagenet."),
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset root (paper-imagenet: the ImageNet validation folder)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    weights: list[str] = typer.Option([], "--weights", help="MODEL=FILE state dict for a model of the study (repeatable)."),
-    count: Optional[int] = typer.Option(None, "--count", help="Grids per variant (default: the preset's)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Grid images or perturbations per forward pass."),
+    weights: list[str] = typer.Option([], "--weights", help="MODEL=FILE state dict for a model of the study (repeatable; FILE alone for a one-model study)."),
+    count: Optional[int] = typer.Option(None, "--count", callback=positive, help="Grids per variant (default: the preset's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", callback=positive, help="Grid images or perturbations per forward pass."),
     launcher: str = typer.Option("inline", "--launcher", help="inline (this process), local or slurm (submitit)."),
     partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition (with --launcher slurm)."),
-    data_dir: Path = typer.Option(Path("data/grids"), "--data-dir", help="Where grid files go."),
-    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Root of the artifact cache."),
-    reports_dir: Path = typer.Option(Path("reports"), "--reports-dir", help="Where the report folder goes."),
+    data_dir: Path = typer.Option(Path("data/grids"), "--data-dir", help="Where grid files go.", callback=writable_folder),
+    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Root of the artifact cache.", callback=writable_folder),
+    reports_dir: Path = typer.Option(Path("reports"), "--reports-dir", help="Where the report folder goes.", callback=writable_folder),
     fmt: str = typer.Option("png", "--format", help="Figure format: png, pdf or svg."),
     force: bool = typer.Option(False, "--force", help="Recompute every stage."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -45,12 +42,13 @@ def run_command(
 
     With no option it runs the embedded digits study offline and prints the report folder.
     """
+    from attrcli.cli.scale import task_failures
     from attrcli.study import run_study
 
     started = time.perf_counter()
-    with progress_bar(quiet) as progress:
+    with task_failures(), progress_bar(quiet) as progress:
         result = run_study(
-            preset=preset, root=root, device=device, weights=_weights(weights), count=count,
+            preset=preset, root=root, device=device, weights=_weights(weights, preset), count=count,
             batch_size=batch_size, data_dir=data_dir, cache_root=cache_dir, reports_dir=reports_dir,
             fmt=fmt, force=force, launcher=launcher,
             launcher_options={"partition": partition} if partition else None,

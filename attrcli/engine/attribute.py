@@ -13,7 +13,7 @@ Finished chunks are checkpointed, so a killed run resumes (:mod:`attrcli.engine.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -32,6 +32,7 @@ from attrcli.engine.jobs import (
     plan_jobs,
     resolve_methods,
     up_to_date,
+    wants_all,
     write_derived,
     write_maps,
 )
@@ -40,6 +41,7 @@ from attrcli.models import MODELS, ModelAdapter, ModelSpec, create_model, state_
 from attrcli.models import resolve_device as resolve_model_device
 from attrcli.settings import SETTINGS, GridSetting, create_setting
 from attrcli.store import artifact_lock
+from attrcli.threads import forward_macs, threads_for, torch_threads
 
 __all__ = ["AttributeResult", "attribute", "compute_maps", "resolve_device", "resolve_methods"]
 
@@ -158,8 +160,11 @@ def attribute(
 
     ``setting`` is one name or several (comma list) that share the grid variant. ``batch_size``
     counts grid images per forward pass. Artifacts that are up to date (same grid file, weights
-    and config) are skipped unless ``force``. A run killed after some chunks resumes from its
-    checkpoints (also under ``force``: checkpoints are only kept for identical inputs and config).
+    and config; for sampling methods also seed and chunking) are skipped unless ``force``, also
+    when another process finished them while this one waited for their locks. A run killed
+    after some chunks resumes from its checkpoints, which are only kept for identical inputs and
+    config; ``force`` starts from scratch. On the CPU, small batches run on one thread
+    (:mod:`attrcli.threads`).
     ``shard=(i, N)`` computes only rows ``[i*count//N, (i+1)*count//N)`` of the grid file into
     shard artifacts (:mod:`attrcli.engine.shards`; ``attrcli merge`` joins them).
     """
@@ -183,7 +188,12 @@ def attribute(
     # shapes do not depend on the weights: the weightless copy's geometry check holds for them
     settings, layer_names = _settings(grid_file, names, adapter, layers, heads, geometry=preview is None)
 
-    plans = [plan_jobs(grid_file, s, cells, layer_names, specs, cache_root) for s, cells in settings]
+    shards = shard[1] if shard is not None else 1
+    plans = [
+        plan_jobs(grid_file, s, cells, layer_names, specs, cache_root, seed=seed, batch_size=batch_size, shards=shards,
+                  applicable_only=wants_all(methods))
+        for s, cells in settings
+    ]
     rows = None
     if shard is not None:
         from attrcli.engine.shards import shard_jobs, shard_rows
@@ -199,16 +209,22 @@ def attribute(
             todo.append(job)
     if not todo:
         return results
+    macs = _batch_macs(preview or adapter, grid_file.n, batch_size) if dev.type == "cpu" else None
     with ExitStack() as stack:
         for job in todo:
             stack.enter_context(artifact_lock(job.path, wait=wait))
+        if not force:  # another process may have finished some while we waited for their locks
+            finished = [job for job in todo if up_to_date(job)]
+            results += [AttributeResult(job.key, job.path, "up to date") for job in finished]
+            todo = [job for job in todo if job not in finished]
         stack.enter_context(exact_float32())
         stack.enter_context(channels_last(adapter.module, dev))
         if dev.type == "cpu":
             retain_freed_memory()
+            stack.enter_context(torch_threads(threads_for(macs)))
         for grid_setting, _ in settings:
             mine = [j for j in todo if j.setting is grid_setting and j.kind != "derived"]
-            results += _run_jobs(grid_file, mine, dev, batch_size, seed, progress, rows)
+            results += _run_jobs(grid_file, mine, dev, batch_size, seed, progress, rows, fresh=force)
         derived = [j for j in todo if j.kind == "derived"]
         for i, job in enumerate(derived):
             write_derived(job)
@@ -216,6 +232,24 @@ def attribute(
             if progress:
                 progress("derive", i + 1, len(derived))
     return results
+
+
+def _discard_misfits(
+    checkpoints: dict, sizes: dict[Job, dict[int, tuple[int, ...]]], computed: dict[Job, set[int]]
+) -> bool:
+    """Discard resumed chunks whose maps have another spatial size than this run's (those just
+    computed, else the most common); True if any was."""
+    discarded = False
+    for job, found in sizes.items():
+        if not found:
+            continue
+        fresh = [found[c] for c in sorted(computed[job])]
+        reference = fresh[0] if fresh else Counter(found.values()).most_common(1)[0][0]
+        for c in [c for c, size in found.items() if size != reference]:
+            checkpoints[job].discard(c, f"maps of spatial size {found[c]}, this run's are {reference}")
+            del found[c]
+            discarded = True
+    return discarded
 
 
 def compute_maps(
@@ -263,11 +297,28 @@ def compute_maps(
     return out
 
 
+def _batch_macs(adapter: ModelAdapter, n: int, batch_size: int) -> float | None:
+    """Multiply-accumulates of one forward pass of ``batch_size`` grid images of n×n cells,
+    from one cell through the model (on the meta device for a registered model's weightless
+    copy: no arithmetic)."""
+    param = next(adapter.module.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    cell = adapter.cell_size
+    macs = forward_macs(adapter.module, torch.zeros(1, 3, cell, cell, device=device, dtype=dtype))
+    return None if macs is None else float(macs) * n * n * batch_size
+
+
 def _run_jobs(
     grid_file: GridFile, jobs: list[Job], dev: torch.device, batch_size: int, seed: int,
-    progress: Progress | None, rows: range | None = None,
+    progress: Progress | None, rows: range | None = None, *, fresh: bool = False,
 ) -> list[AttributeResult]:
-    """Compute the jobs of one setting chunk by chunk, checkpointing each, then write them."""
+    """Compute the jobs of one setting chunk by chunk, checkpointing each, then write them.
+
+    Chunks an earlier run checkpointed are used only if they pass :meth:`Checkpoint.verified`
+    and have the spatial size of the maps computed now; the others are computed again.
+    ``fresh`` (``--force``) discards every checkpoint first.
+    """
     if not jobs:
         return []
     setting, cells = jobs[0].setting, jobs[0].cells
@@ -276,30 +327,62 @@ def _run_jobs(
     chunks = -(-len(rows) // batch_size)
     checkpoints = {
         job: InMemory(job.path) if chunks == 1 else Checkpoint(
-            job.path, {**job.identity, **job.inputs, "chunk": batch_size, "count": grid_file.count, **sharded}
+            job.path, {**job.identity, **job.inputs, "chunk": batch_size, "count": grid_file.count, **sharded},
+            fresh=fresh,
         )
         for job in jobs
     }
-    resumed = {job for job in jobs if checkpoints[job].done()}
+
+    def part(c: int) -> slice:
+        return slice(rows.start + c * batch_size, min(rows.start + (c + 1) * batch_size, rows.stop))
+
+    sizes: dict[Job, dict[int, tuple[int, ...]]] = {job: {} for job in jobs}  # spatial size per chunk
+    computed: dict[Job, set[int]] = {job: set() for job in jobs}
+    for job in jobs:
+        for c in checkpoints[job].done():
+            if c >= chunks:
+                checkpoints[job].discard(c, f"this run has {chunks} chunks")
+                continue
+            maps = checkpoints[job].verified(c, rows=part(c).stop - part(c).start, targets=len(cells))
+            if maps is not None:
+                sizes[job][c] = maps.shape[2:]
+    resumed = {job for job in jobs if sizes[job]}
     label = f"attribute {setting.name}/{setting.model.name}"
     started = time.perf_counter()
-    for c in range(chunks):
-        pending = [job for job in jobs if not checkpoints[job].has(c)]
-        if pending:
-            part = slice(rows.start + c * batch_size, min(rows.start + (c + 1) * batch_size, rows.stop))
-            x = torch.from_numpy(grid_file.images[part]).to(dev)
-            labels = torch.from_numpy(grid_file.labels[part]).to(dev)
-            maps = compute_maps(setting, x, labels, cells, pending, batch_size=batch_size, seed=seed)
-            for job in pending:
-                checkpoints[job].save(c, maps[job].detach().float().cpu().numpy())
-        if progress:
-            progress(label, c + 1, chunks)
+
+    def fill() -> None:
+        for c in range(chunks):
+            pending = [job for job in jobs if c not in sizes[job]]
+            if pending:
+                x = torch.from_numpy(grid_file.images[part(c)]).to(dev)
+                labels = torch.from_numpy(grid_file.labels[part(c)]).to(dev)
+                before = {job: job.method.diagnostics() for job in pending}
+                maps = compute_maps(setting, x, labels, cells, pending, batch_size=batch_size, seed=seed)
+                for job in pending:
+                    counts = {k: v - before[job].get(k, 0) for k, v in job.method.diagnostics().items()}
+                    array = maps[job].detach().float().cpu().numpy()
+                    checkpoints[job].save(c, array, counts)
+                    sizes[job][c] = array.shape[2:]
+                    computed[job].add(c)
+            if progress:
+                progress(label, c + 1, chunks)
+
+    fill()
+    while _discard_misfits(checkpoints, sizes, computed):
+        fill()
     seconds = time.perf_counter() - started
     results = []
     for job in jobs:
         checkpoint = checkpoints[job]
         maps = np.concatenate([checkpoint.load(c) for c in range(chunks)])
-        write_maps(job, maps, grid_file, seconds=seconds, device=dev, batch_size=batch_size, seed=seed, rows=rows)
+        counts: dict[str, int] = {}
+        for c in range(chunks):
+            for name, value in checkpoint.counts(c).items():
+                counts[name] = counts.get(name, 0) + value
+        write_maps(
+            job, maps, grid_file, seconds=seconds, device=dev, batch_size=batch_size, seed=seed,
+            rows=rows, counts=counts,
+        )
         checkpoint.remove()
         results.append(AttributeResult(job.key, job.path, "resumed" if job in resumed else "computed"))
     return results

@@ -154,6 +154,15 @@ def _base_path(key: ArtifactKey, artifact: Path) -> Path:
     return artifact.with_name(f"{parse_method(base).canonical()}.h5")
 
 
+def _summed_diagnostics(artifacts) -> dict[str, int]:
+    """The shards' diagnostic counts (attribute ``diagnostics``), added up."""
+    total: dict[str, int] = {}
+    for artifact in artifacts:
+        for name, value in dict(artifact.attrs.get("diagnostics", {})).items():
+            total[name] = total.get(name, 0) + int(value)
+    return dict(sorted(total.items()))
+
+
 def merge(target: Path | str, *, keep: bool = False, wait: bool = False) -> Path:
     """Join the shards of one attribution artifact into it; returns the merged path.
 
@@ -181,7 +190,7 @@ def merge(target: Path | str, *, keep: bool = False, wait: bool = False) -> Path
     with artifact_lock(artifact, wait=wait):
         found = {i: read_artifact(by_index[i]) for i in range(shards)}
         prov = _check_provenance(found)
-        attrs = found[0].attrs
+        attrs = {**found[0].attrs, "diagnostics": _summed_diagnostics(found.values())}
         _check_coverage(found, shards, _grid_count(attrs, prov.get("inputs", {}).get("grids", "")))
         order = sorted(found, key=lambda i: int(found[i].data["grid_index"][0]) if found[i].data["grid_index"].size else -1)
         data = {name: np.concatenate([found[i].data[name] for i in order]) for name in _CONCAT}

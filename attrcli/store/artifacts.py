@@ -3,7 +3,7 @@
 Every artifact holds named datasets, plain attributes, and a ``provenance`` attribute (JSON):
 schema version, attrcli/torch/captum versions, the full config, the content hashes of its inputs,
 seed, device and time taken. Files are written to a temporary name in the same folder and
-renamed when complete, so a reader never sees a half-written artifact.
+renamed when complete, so a reader never sees a half-written artifact (:mod:`attrcli.store.files`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 
 from attrcli import __version__
 from attrcli.errors import UserError
+from attrcli.store.files import atomic_output
 
 SCHEMA_VERSION = 1
 
@@ -105,17 +106,17 @@ def write_artifact(
     provenance: Mapping[str, Any] | None = None,
     compression: str | None = None,
 ) -> Path:
-    """Write an artifact atomically: temporary file in the same folder, then rename.
+    """Write an artifact atomically: temporary file in the same folder, then rename
+    (:func:`~attrcli.store.files.atomic_output`: a folder or device at ``path`` is refused, a
+    symbolic link written through, a full disk a one-line ``TaskError``).
 
     ``attrs`` values that are not scalars or strings are stored as JSON strings and decoded by
     :func:`read_artifact`. ``provenance`` defaults to an empty-config record.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     prov = dict(provenance) if provenance is not None else make_provenance(config={}, inputs={})
     prov.setdefault("schema_version", SCHEMA_VERSION)
-    try:
+    with atomic_output(path, what="artifact") as tmp:
         # track_order keeps attribute order stable; with fixed content the bytes are repeatable.
         with h5py.File(tmp, "w", track_order=True, libver=("earliest", "v110")) as handle:
             for name, array in data.items():
@@ -131,10 +132,6 @@ def write_artifact(
                 handle.attrs[name] = _to_attr(value)
             handle.flush()
             os.fsync(handle.id.get_vfd_handle())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

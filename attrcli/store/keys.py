@@ -10,6 +10,9 @@ from attrcli.errors import UserError
 
 STAGES = ("attributions", "scores", "aggatt")
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-=,:@]*$")
+# A grid file's name is the user's: anything a file name holds, bar a leading dot (hidden files,
+# "..") and control characters (paths travel one a line between commands).
+_GRIDS = re.compile(r"^[^./\x00-\x1f\x7f][^/\x00-\x1f\x7f]*$")
 _SHARD = re.compile(r"^(?P<method>.+)\.shard-(?P<index>\d+)-of-(?P<count>\d+)$")
 
 
@@ -32,7 +35,12 @@ class ArtifactKey:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise UserError(f"unknown artifact stage {self.stage!r}; valid: {', '.join(STAGES)}")
-        for field in ("grids", "setting", "model", "layer", "method"):
+        if not isinstance(self.grids, str) or not _GRIDS.match(self.grids):
+            raise UserError(
+                f"invalid grid file name {self.grids!r} in artifact key: rename the file so that "
+                "its name does not start with a dot and holds no control characters"
+            )
+        for field in ("setting", "model", "layer", "method"):
             value = getattr(self, field)
             if not isinstance(value, str) or not _PART.match(value) or ".." in value:
                 raise UserError(

@@ -9,7 +9,7 @@ import pytest
 
 from attrcli.engine import launch
 from attrcli.engine.attribute import attribute
-from attrcli.errors import UserError
+from attrcli.errors import TaskError, UserError
 from attrcli.store import read_artifact
 from tests.scale.helpers import MODEL, grids, same_artifact, subprocess_env
 
@@ -70,7 +70,7 @@ def test_launch_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="at most 2"):
         launch.launch_attribute(job={**JOB, "grids": g}, launcher="local", options={"shards": 3}, common=common(tmp_path))
     monkeypatch.setattr(launch, "_run_task", lambda kw: (_ for _ in ()).throw(UserError("boom")))
-    with pytest.raises(UserError, match=r"task 7_0 \(setting gridpg, shard 0/2\) failed: UserError: boom"):
+    with pytest.raises(TaskError, match=r"task 7_0 \(setting gridpg, shard 0/2\) failed: UserError: boom"):
         launch.launch_attribute(job={**JOB, "grids": g}, launcher="local", options={"shards": 2}, common=common(tmp_path))
     assert not (tmp_path / "attributions").exists()
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
+import attrcli.engine.attribute as engine
 from attrcli.cli.main import app
 from attrcli.store import SCHEMA_VERSION, read_artifact, write_artifact
 from tests.scale.helpers import MODEL, grids, subprocess_env
@@ -100,3 +104,26 @@ def test_weights_that_run_code_are_refused(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "refused" in result.output and "run code" in result.output
     assert not (tmp_path / "pwned").exists()
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_writer_that_waited_finds_the_artifact_done(tmp_path, monkeypatch):
+    """While this process waits for a lock, the holder finishes the artifact: after the wait it
+    is up to date, not computed a second time."""
+    g = grids(tmp_path, count=2)
+    run = dict(grids=g, setting="gridpg", model="digits-vgg11", weights="random", layers="input",
+               methods="grad", batch_size=2)
+    (done,) = engine.attribute(**run, cache_root=tmp_path / "theirs")
+    target = tmp_path / "mine" / done.path.relative_to(tmp_path / "theirs")
+    real_lock = engine.artifact_lock
+
+    @contextmanager
+    def lock_after_the_holder(path, wait=False):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(done.path, target)  # the holder wrote it and let go
+        with real_lock(path, wait=wait):
+            yield
+
+    monkeypatch.setattr(engine, "artifact_lock", lock_after_the_holder)
+    monkeypatch.setattr(engine, "compute_maps", lambda *a, **k: pytest.fail("computed again"))
+    (result,) = engine.attribute(**run, cache_root=tmp_path / "mine", wait=True)
+    assert result.status == "up to date" and result.path == target

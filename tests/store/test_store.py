@@ -208,3 +208,15 @@ def test_provenance_is_json(tmp_path: Path) -> None:
     path = write_artifact(tmp_path / "a.h5", data={"x": np.arange(2)}, provenance=make_provenance(config={"p": Path("/x")}, inputs={}))
     with h5py.File(path) as handle:
         assert json.loads(handle.attrs["provenance"])["config"] == {"p": "/x"}
+
+
+@pytest.mark.parametrize("name", ["my grids", "grilles été", "网格", "a..b", "x=1,y@2"])
+def test_grid_names_are_any_file_name(tmp_path: Path, name: str) -> None:
+    key = ArtifactKey("attributions", name, "gridpg", "m", "input", "grad")
+    assert ArtifactKey.from_path(key.path(tmp_path), tmp_path) == key
+
+
+@pytest.mark.parametrize("name", [".hidden", "..", "a/b", "line\nbreak", "tab\there", ""])
+def test_grid_names_that_would_hide_or_split_a_path_are_refused(name: str) -> None:
+    with pytest.raises(UserError, match="rename the file"):
+        ArtifactKey("attributions", name, "gridpg", "m", "input", "grad")
