@@ -172,10 +172,10 @@ def capped(adapter: ModelAdapter, layer: str, k: int, channels: int) -> ModelAda
 
 
 # --- floors -----------------------------------------------------------------------------------
-def _touched(setting: GridSetting, cells: list[int], size: tuple[int, int], k: int, s: int) -> int:
+def _touched(setting: GridSetting, cells: list[int], size: tuple[int, int], k: int, s: int, scheme: str) -> int:
     """DiFull occlusion: windows overlapping each target's cell, summed over the targets."""
     n = setting.n
-    ys, xs = window_starts(size[0], k, s), window_starts(size[1], k, s)
+    ys, xs = window_starts(size[0], k, s, scheme), window_starts(size[1], k, s, scheme)
     ky, kx = min(k, size[0]), min(k, size[1])
     ch, cw = size[0] // n, size[1] // n
     total = 0
@@ -197,8 +197,9 @@ def perturbations(method: str, config: Any, setting: GridSetting, cells: list[in
     reference = T if method in REFERENCE_METHODS else 0
     if method == "occlusion":
         if setting.disconnected:
-            return reference + _touched(setting, cells, size, config.k, config.s)
-        windows = len(window_starts(size[0], config.k, config.s)) * len(window_starts(size[1], config.k, config.s))
+            return reference + _touched(setting, cells, size, config.k, config.s, config.scheme)
+        windows = (len(window_starts(size[0], config.k, config.s, config.scheme))
+                   * len(window_starts(size[1], config.k, config.s, config.scheme)))
         return reference + windows
     if method == "rise":
         return T * config.masks

@@ -42,6 +42,8 @@ class Method:
             zero wherever the gradient is, so the engine runs only the target cells for them.
         base: for derived methods, the method whose maps they transform.
         Config: a frozen dataclass of parameters (one comment per field).
+        keyed: parameters always written in the artifact key, even at their preset value
+            (a smoothing kernel's K, so the keys of a sweep name their K).
     """
 
     name: ClassVar[str]
@@ -50,6 +52,7 @@ class Method:
     whole_grid: ClassVar[bool] = False
     base: ClassVar[str | None] = None
     Config: ClassVar[type] = NoConfig
+    keyed: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -74,6 +77,15 @@ class Method:
         """Derived maps ``(N, T, h, w)`` from the base method's maps."""
         raise NotImplementedError
 
+    def check(self, *, layer: str, map_size: tuple[int, int]) -> None:
+        """Refuse (``UserError``) a config that does not fit a layer whose grid-layout map is
+        ``map_size``; called when a job is planned, before anything is written."""
+
+    def diagnostics(self) -> dict[str, int]:
+        """Counts worth recording in the artifact, accumulated over the maps computed so far
+        (e.g. Grad-CAM++'s ill-conditioned weights); empty for most methods."""
+        return {}
+
 
 METHODS: Registry[type[Method]] = Registry("method")
 
@@ -95,6 +107,21 @@ class MethodSpec:
     def method_class(self) -> type[Method]:
         return METHODS.get(self.name)
 
+    def canonical_for(self, *, cell_size: int, layer: str) -> "MethodSpec":
+        """The same computation spelled one way for this cell size and layer: parameters equal
+        to the preset are dropped (except the method's ``keyed`` ones, always written), the rest
+        written as their typed value (``steps=20.0`` -> ``steps=20``) and sorted, so equal
+        computations share one artifact key."""
+        cls = self.method_class
+        preset = cls.preset(cell_size=cell_size, layer=layer)
+        config = _override(cls, preset, dict(self.params)) if self.params else preset
+        kept = tuple(
+            (name, _format(getattr(config, name)))
+            for name in sorted({name for name, _ in self.params} | set(cls.keyed))
+            if name in cls.keyed or getattr(config, name) != getattr(preset, name)
+        )
+        return MethodSpec(self.name, kept)
+
     def build(self, *, cell_size: int, layer: str) -> Method:
         """The method with its preset for this cell size and layer, then the user's values."""
         cls = self.method_class
@@ -104,6 +131,13 @@ class MethodSpec:
         return cls(config)
 
 
+def _format(value: Any) -> str:
+    """A parameter value as written in a canonical spec."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def _coerce(cls: type[Method], field: dataclasses.Field, raw: str, hints: dict) -> Any:
     kind = hints.get(field.name, str)
     try:
@@ -111,7 +145,12 @@ def _coerce(cls: type[Method], field: dataclasses.Field, raw: str, hints: dict) 
             if raw.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(raw)
             return raw.lower() in ("true", "1")
-        if kind in (int, float, str):
+        if kind is int:
+            number = float(raw)  # "20.0" is the integer 20; "20.5" is refused
+            if not number.is_integer():
+                raise ValueError(raw)
+            return int(number)
+        if kind in (float, str):
             return kind(raw)
         return raw
     except ValueError:
@@ -146,10 +185,17 @@ def parse_method(text: str) -> MethodSpec:
         key, eq, value = item.partition("=")
         if not eq or not key or not value:
             raise UserError(f"invalid method parameter {item!r} in {text!r}: use key=value")
+        if key.strip() in params:
+            raise UserError(f"parameter {key.strip()!r} given twice in {text!r}")
         params[key.strip()] = value.strip()
     cls = METHODS.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        what = f"a {type(cls).__name__}" if not isinstance(cls, type) else f"the class {cls.__name__}"
+        raise UserError(
+            f"method {name!r} is {what}, not an attribution method (a subclass of attrcli.methods.Method)"
+        )
     if params:
-        _override(cls, cls.Config(), params)  # validates names and types early
+        _override(cls, cls.Config(), params)  # validates names, types and values early
     return MethodSpec(name, tuple(sorted(params.items())))
 
 

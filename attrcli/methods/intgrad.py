@@ -1,14 +1,12 @@
 """Integrated Gradients (Sundararajan, Taly & Yan, ICML 2017).
 
 ``(a - 0) · ∫₀¹ ∂f(α a)/∂a dα`` with a zero baseline, the integral approximated with ``steps``
-points (default 20, Gauss-Legendre as Captum's default; ``rule=riemann_trapezoid`` also
-available), summed over channels. At a hidden layer ``a`` are the layer's activations and ``f``
-the rest of the network (ML-Att): Captum's ``IntegratedGradients`` applied to the rest of the
-network. Deliberate difference from Captum's ``LayerIntegratedGradients``: the baseline is zero
-*at the layer*, not the layer's response to a zero image. The prefix runs once per batch; the
-(grid image, step) pairs are batched under ``--batch-size``, and each forward serves every
-evaluated target of its grid image (one backward per target). In DiFull only the target cells
-run, each scored by its own head in one backward (the other cells cannot move it).
+points (default 20, Gauss-Legendre as Captum; or ``rule=riemann_trapezoid``), summed over
+channels. At a hidden layer ``a`` are the layer's activations and ``f`` the rest of the network
+(ML-Att): Captum's ``IntegratedGradients`` applied to the rest. Deliberate difference from Captum's ``LayerIntegratedGradients``: the baseline is zero
+*at the layer*, not the layer's response to a zero image. The prefix runs once per batch;
+(grid image, step) pairs are batched under ``--batch-size``, one forward for every target of a
+grid image (one backward each). In DiFull only the target cells run, in one backward.
 """
 
 from __future__ import annotations
@@ -28,17 +26,19 @@ class IntGradConfig:
     steps: int = 20  # integration points
     rule: str = "gausslegendre"  # or "riemann_trapezoid"
 
+    def __post_init__(self) -> None:
+        integration_points(self.steps, self.rule)  # refuses a bad rule or step count early
+
 
 def integration_points(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
     """Points ``α`` in [0, 1] and their weights."""
-    if steps < 1:
-        raise UserError(f"intgrad needs steps >= 1, got {steps}")
+    fewest = 2 if rule == "riemann_trapezoid" else 1
+    if steps < fewest:
+        raise UserError(f"intgrad{' rule ' + rule if fewest == 2 else ''} needs steps >= {fewest}, got {steps}")
     if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         return 0.5 * (1 + nodes), 0.5 * weights
     if rule == "riemann_trapezoid":
-        if steps < 2:
-            raise UserError("intgrad rule riemann_trapezoid needs steps >= 2")
         weights = np.full(steps, 1.0 / (steps - 1))
         weights[[0, -1]] /= 2
         return np.linspace(0, 1, steps), weights

@@ -14,8 +14,10 @@ whole grid image and one pass scores every head.
 
 Deliberate differences from the paper: no final ReLU and no normalisation of the map (stored
 signed and unscaled, like every attrcli map), and no baseline subtraction (as the authors'
-code). A constant channel has no normalised mask; it gets weight 0, as the authors' code skips
-it, so the map never holds NaN.
+code). A constant channel has no normalised mask (its min-max span is 0). The reference
+implementation divides by that zero span, so the channel's mask, its weight and the whole map
+become NaN; attrcli gives such a channel weight 0 instead, so the map stays finite
+(docs/methods.md).
 """
 
 from __future__ import annotations

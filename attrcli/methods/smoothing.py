@@ -91,6 +91,7 @@ class GaussianSmoothing(Method):
 
     kind = "derived"
     Config = SmoothingConfig
+    keyed = ("k",)  # the keys of a sweep name their K
 
     @classmethod
     def preset(cls, *, cell_size: int, layer: str) -> SmoothingConfig:

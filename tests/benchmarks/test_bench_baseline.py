@@ -182,6 +182,7 @@ def test_capped_view_keeps_shapes_and_cuts_the_layer():
 def test_floors_run_channels_last_and_the_loop_sees_the_model_as_loaded(tmp_path, monkeypatch, one_thread):
     """The floors time attrcli's kernels (channels-last convolution weights on the CPU); the loop,
     timed between attrcli's calls and the floors, sees the weights as loaded."""
+    pytest.importorskip("pytorch_grad_cam")  # the loop's Grad-CAM (pip install -e '.[bench]')
     adapter = tiny_adapter()
     weight = adapter.module.features[0].weight
     layouts: dict[str, set[bool]] = {"floor": set(), "loop": set()}
@@ -227,6 +228,10 @@ def test_perturbation_floors_count_the_rows_the_methods_evaluate(setting_name, m
     cells = setting.default_cells()
     labels = torch.randint(0, CLASSES, (grids, 4), generator=torch.Generator().manual_seed(0))
     x = torch.randn(grids, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    from attrcli.methods import occlusion
+
+    # the floors count the plain method's evaluations; incremental occlusion goes below them
+    monkeypatch.setattr(occlusion, "INCREMENTAL", False)
     evaluated = []
     original = _perturb.evaluate
     monkeypatch.setattr(_perturb, "evaluate", lambda ctx, rows, *a, **k: evaluated.append(len(rows)) or original(ctx, rows, *a, **k))

@@ -96,7 +96,7 @@ def captum_maps(
         )
     elif method == "gradcam":
         whole = Whole(setting, index)
-        out = LayerGradCam(whole, whole.at_layer).attribute(rows, target=target, relu_attributions=False)
+        out = LayerGradCam(whole, whole.at_layer).attribute(rows, target=target, relu_attributions=True)
     else:
         raise ValueError(method)
     return out.detach().sum(1).view(B, T, *out.shape[-2:])
@@ -269,7 +269,10 @@ def test_difull_runs_only_the_target_cells_and_gets_every_map_of_the_whole_grid(
     seen: list[int] = []
     blocks = vgg.blocks
     first = blocks[0][1]
-    counting = first.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    # planning traces layer shapes on the meta device (no computation): not counted
+    counting = first.register_forward_hook(
+        lambda module, args, out: None if args[0].is_meta else seen.append(args[0].shape[0])
+    )
     try:
         fast = engine_maps(setting, x, labels, cells, layers, ALL_MODEL_METHODS, batch_size=8)
     finally:

@@ -44,9 +44,11 @@ def test_pointwise_methods_follow_their_definitions():
     assert torch.equal(maps["grad"], g.abs().sum(2))
     assert torch.equal(maps["guided-backprop"], g.abs().sum(2))  # the guidance is in the gradients
     assert torch.equal(maps["ixg"], (a * g).sum(2))
-    assert torch.equal(maps["layercam"], (a * g.clamp(min=0)).sum(2))
+    assert torch.equal(maps["layercam"], (a * g.clamp(min=0)).sum(2))  # a >= 0: the ReLU is a no-op
     weights = g.mean(dim=(-2, -1))  # Grad-CAM: one weight per channel and target
-    torch.testing.assert_close(maps["gradcam"], torch.einsum("btc,bchw->bthw", weights, a[:, 0]))
+    signed = torch.einsum("btc,bchw->bthw", weights, a[:, 0])
+    assert (signed < 0).any()  # so the ReLU below is tested
+    torch.testing.assert_close(maps["gradcam"], signed.clamp(min=0))
     for value in maps.values():
         assert value.shape == (2, 3, 5, 5)
 
@@ -68,13 +70,51 @@ def _gradcampp_reference(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def test_gradcampp_matches_the_papers_formula():
     a, g = _tensors(1)
     ours = METHODS.get("gradcam++")().from_gradients(a, g)
-    torch.testing.assert_close(ours, _gradcampp_reference(a, g), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours, _gradcampp_reference(a, g).clamp(min=0), rtol=1e-12, atol=1e-12)
     # signed input-layer activations may make a denominator vanish: that term is dropped
     a = torch.ones(1, 1, 1, 1, 2, dtype=torch.float64) * torch.tensor([-1.0, 0.0], dtype=torch.float64)
     g = torch.tensor([[[[[2.0, 1.0]]]]], dtype=torch.float64)  # 2 + Σa·g = 0 where g = 2
     expected = _gradcampp_reference(a, g)
     assert torch.isfinite(expected).all()
-    torch.testing.assert_close(METHODS.get("gradcam++")().from_gradients(a, g), expected)
+    method = METHODS.get("gradcam++")()
+    torch.testing.assert_close(method.from_gradients(a, g), expected.clamp(min=0))
+    assert method.diagnostics() == {"ill_conditioned": 1}
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradcam++"])
+def test_cam_relu_comes_before_upsampling(name):
+    """The papers' ReLU acts at the layer's resolution. On a signed 2×2 map, clamping first
+    spreads the positive cell into its neighbours when upsampled, while upsampling the signed
+    map first cancels that spread against the negative cells; the stored map is clamped before, so maps and scores differ here."""
+    a = torch.tensor([[3.0, -1.0], [-1.0, -1.0]], dtype=torch.float64)[None, None, None]  # (1,1,1,2,2)
+    g = torch.full((1, 1, 1, 2, 2), 0.5, dtype=torch.float64)
+    maps = METHODS.get(name)().from_gradients(a, g)
+    signed = METHODS.get(name)(METHODS.get(name).Config(relu=False)).from_gradients(a, g)
+    assert (signed < 0).any() and torch.equal(maps, signed.clamp(min=0))
+    up = lambda m: torch.nn.functional.interpolate(m, size=(8, 8), mode="bilinear", align_corners=False)
+    relu_first, relu_after = up(maps).clamp(min=0), up(signed).clamp(min=0)
+    assert not torch.allclose(relu_first, relu_after)
+    scores = {which: _scores(m, [0], 8) for which, m in (("first", maps), ("after", signed))}
+    assert abs(scores["first"][0, 0] - scores["after"][0, 0]) > 0.1  # 0.77 against 0.93 here
+
+
+def test_gradcampp_does_not_depend_on_float32_rounding():
+    """A constructed input-layer case: signed activations whose denominators 2 + ΣA·g cross zero
+    within float32 rounding of the gradients. float32 and float64 runs agree within 1e-4."""
+    gen = torch.Generator().manual_seed(0)
+    C, h = 3, 6
+    a = torch.randn(1, 1, C, h, h, generator=gen, dtype=torch.float64)
+    total = a.sum(dim=(-2, -1), keepdim=True)  # (1, 1, C, 1, 1)
+    g = torch.rand(1, 2, C, h, h, generator=gen, dtype=torch.float64) * 2 / total.abs()
+    g[:, :, :, 0, 0] = (-2 / total[..., 0, 0]) * (1 + 1e-7)  # a pole, within float32 rounding
+    g[:, :, :, 1, 1] = (-2 / total[..., 0, 0]) * (1 - 3e-8)
+    method64 = METHODS.get("gradcam++")()
+    method32 = METHODS.get("gradcam++")()
+    in64 = method64.from_gradients(a, g)
+    in32 = method32.from_gradients(a.float(), g.float())
+    torch.testing.assert_close(in32.double(), in64, rtol=1e-4, atol=1e-4 * float(in64.abs().max()))
+    assert method64.diagnostics()["ill_conditioned"] > 0
+    assert method32.diagnostics() == method64.diagnostics()
 
 
 def test_cam_methods_at_the_input_weigh_the_image_channels():
@@ -87,7 +127,7 @@ def test_cam_methods_at_the_input_weigh_the_image_channels():
     for slot, cell in enumerate([0, 2]):
         (grad,) = torch.autograd.grad(logits[0, 0, labels[0, cell]], h, retain_graph=True)
         weights = grad[0].mean(dim=(-2, -1))  # three channel weights
-        torch.testing.assert_close(maps[("input", "gradcam")][0, slot], (weights[:, None, None] * x[0]).sum(0))
+        torch.testing.assert_close(maps[("input", "gradcam")][0, slot], (weights[:, None, None] * x[0]).sum(0).clamp(min=0))
         torch.testing.assert_close(maps[("input", "ixg")][0, slot], (grad[0] * x[0]).sum(0))
 
 

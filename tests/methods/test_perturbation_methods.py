@@ -87,20 +87,26 @@ def full_scores(ctx, grid_map, b, t=None, softmax=False, layer_index=None):
     return scores if t is None else scores[t]
 
 
-def occlusion_reference(ctx, k, s):
+def occlusion_reference(ctx, k, s, scheme="paper"):
+    """Occlude each window of the scheme on the whole grid map and run the whole setting.
+
+    ``paper``: each drop divided by the clipped window's area and added to its positions;
+    ``inside``: the mean drop over the windows covering a position."""
     A = ctx.setting.to_map(ctx.activations)
     B, T, (H, W) = ctx.grids, ctx.targets.count, A.shape[-2:]
     total = torch.zeros(B, T, H, W, dtype=A.dtype)
     count = torch.zeros(H, W, dtype=A.dtype)
-    for y0 in window_starts(H, k, s):
-        for x0 in window_starts(W, k, s):
-            count[y0 : y0 + k, x0 : x0 + k] += 1
+    for y0 in window_starts(H, k, s, scheme):
+        for x0 in window_starts(W, k, s, scheme):
+            ys, xs = slice(max(y0, 0), min(y0 + k, H)), slice(max(x0, 0), min(x0 + k, W))
+            area = (ys.stop - ys.start) * (xs.stop - xs.start)
+            count[ys, xs] += 1
             for b in range(B):
                 occluded = A[b].clone()
-                occluded[:, y0 : y0 + k, x0 : x0 + k] = 0
+                occluded[:, ys, xs] = 0
                 drop = full_scores(ctx, A[b], b) - full_scores(ctx, occluded, b)
-                total[b, :, y0 : y0 + k, x0 : x0 + k] += drop[:, None, None]
-    return total / count
+                total[b, :, ys, xs] += drop[:, None, None] / (area if scheme == "paper" else 1)
+    return total if scheme == "paper" else total / count
 
 
 def cell_view(ctx, t, H, W):
@@ -163,13 +169,16 @@ def rise_reference(ctx, config):
 
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("layer,index", LAYERS)
-@pytest.mark.parametrize("masks", ["made once", "made per batch"])
-def test_occlusion_equals_plain_loop(setting, layer, index, masks, monkeypatch):
-    if masks == "made per batch":  # the path of maps too large for a table of every window mask
+@pytest.mark.parametrize("k,s,scheme", [(3, 2, "paper"), (4, 2, "paper"), (3, 2, "inside")])
+@pytest.mark.parametrize("path", ["incremental", "plain, masks made once", "plain, masks made per batch"])
+def test_occlusion_equals_plain_loop(setting, layer, index, k, s, scheme, path, monkeypatch):
+    if path != "incremental":  # the full recomputation of every window
+        monkeypatch.setattr(occlusion, "INCREMENTAL", False)
+    if path.endswith("per batch"):  # the path of maps too large for a table of every window mask
         monkeypatch.setattr(occlusion, "TABLE_BYTES", 0)
     ctx = context(conv_model(), setting, layer, index, grids=2)
-    got = Occlusion(OcclusionConfig(k=3, s=2)).attribute(ctx)
-    torch.testing.assert_close(got, occlusion_reference(ctx, 3, 2))
+    got = Occlusion(OcclusionConfig(k=k, s=s, scheme=scheme)).attribute(ctx)
+    torch.testing.assert_close(got, occlusion_reference(ctx, k, s, scheme))
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -207,19 +216,75 @@ def linear_gradient(ctx):
     return A.detach(), grads
 
 
+# Window starts along the 16-position axis of the toy grid map, listed by hand from the scheme:
+# paper, even K=4, s=2: (i - (K/s - 1))·s for i = 0 … 16/2 + 4/2 - 2 = 8, i.e. -2, 0, …, 14;
+# paper, odd K=3, s=2: centres 0, 2, …, 16, i.e. starts -1, 1, …, 15;
+# inside, K=3, s=2: 0, 2, …, 12 and a last one flush with the border at 13.
+HAND_STARTS = {
+    (4, 2, "paper"): list(range(-2, 15, 2)),
+    (3, 2, "paper"): list(range(-1, 16, 2)),
+    (3, 2, "inside"): [*range(0, 13, 2), 13],
+}
+
+
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_occlusion_linear_closed_form(setting):
+@pytest.mark.parametrize("k,s,scheme", list(HAND_STARTS))
+def test_occlusion_linear_closed_form(setting, k, s, scheme):
+    """On a linear model a window's drop is the sum of the contributions it hides: the map
+    follows in closed form from hand-listed windows, overhanging ones clipped to the map."""
     ctx = context(linear_model(), setting)
     A, g = linear_gradient(ctx)
     contribution = (A[:, None] * g).sum(2)  # (B, T, H, W): the logit is their sum plus the bias
-    k, s, size = 3, 2, N * CELL
-    starts = window_starts(size, k, s)
+    size = N * CELL
+    starts = HAND_STARTS[(k, s, scheme)]
+    assert window_starts(size, k, s, scheme) == starts
     cover = torch.zeros(len(starts), size, dtype=A.dtype)
     for i, y0 in enumerate(starts):
-        cover[i, y0 : y0 + k] = 1
+        cover[i, max(y0, 0) : y0 + k] = 1  # clipped to the map
     drops = torch.einsum("iy,btyx,jx->btij", cover, contribution, cover)
-    expected = torch.einsum("iy,btij,jx->btyx", cover, drops, cover) / torch.outer(cover.sum(0), cover.sum(0))
-    torch.testing.assert_close(Occlusion(OcclusionConfig(k=k, s=s)).attribute(ctx), expected)
+    if scheme == "paper":  # drop / clipped area, summed over the windows covering a position
+        share = cover / cover.sum(1, keepdim=True)
+        expected = torch.einsum("iy,btij,jx->btyx", share, drops, share)
+    else:  # mean drop over the windows covering a position
+        expected = torch.einsum("iy,btij,jx->btyx", cover, drops, cover) / torch.outer(cover.sum(0), cover.sum(0))
+    got = Occlusion(OcclusionConfig(k=k, s=s, scheme=scheme)).attribute(ctx)
+    torch.testing.assert_close(got, expected)
+
+
+def test_occlusion_by_hand_on_a_4x4_map():
+    """A 1-channel 4×4 map of ones whose logit is ``v · (row 0)``, K=2, s=1.
+
+    Paper scheme: windows start at -1, 0, 1, 2, 3 on each axis. Along x the windows over row 0
+    hide {0}, {0,1}, {1,2}, {2,3}, {3}: drops 1, 3, 6, 12, 8, each shared over the clipped width,
+    so the x-profile is p = [1 + 3/2, 3/2 + 6/2, 6/2 + 12/2, 12/2 + 8]. Along y, row 0 is covered
+    by the window hiding {0} (height 1) and the one hiding {0,1} (height 2): row 0 = (1 + 1/2)·p,
+    row 1 = p/2, rows 2 and 3 see no drop. Inside scheme: windows at 0, 1, 2 on each axis, a
+    position gets the mean drop of the windows covering it.
+    """
+    v = torch.tensor([1.0, 2.0, 4.0, 8.0], dtype=torch.float64)
+    weight = torch.zeros(1, 16, dtype=torch.float64)
+    weight[0, :4] = v
+    linear = nn.Linear(16, 1, bias=False).double()
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    module = nn.Sequential(nn.Identity(), nn.Flatten(), linear).eval()
+    model = ModelAdapter(
+        name="by-hand", module=module, blocks=[("0", module[0])], head=lambda f: linear(f.flatten(1)),
+        gap_head=False, aliases={"middle": "0", "final": "0"}, stage_layers=["0"], cell_size=4,
+        num_classes=1, mean=(0,), std=(1,),
+    )
+    setting = create_setting("gridpg", model, 1)
+    ctx = AttributionContext(
+        setting=setting, x=torch.ones(1, 1, 4, 4, dtype=torch.float64),
+        targets=setting.targets(torch.zeros(1, 1, dtype=torch.long), [0]), layer="input", layer_index=-1,
+        batch_size=8,
+    )
+    p = torch.tensor([2.5, 4.5, 9.0, 14.0], dtype=torch.float64)
+    paper = torch.stack([1.5 * p, 0.5 * p, 0 * p, 0 * p])
+    torch.testing.assert_close(Occlusion(OcclusionConfig(k=2, s=1)).attribute(ctx)[0, 0], paper)
+    row0 = torch.tensor([3.0, 4.5, 9.0, 12.0], dtype=torch.float64)
+    inside = torch.stack([row0, row0 / 2, 0 * row0, 0 * row0])
+    torch.testing.assert_close(Occlusion(OcclusionConfig(k=2, s=1, scheme="inside")).attribute(ctx)[0, 0], inside)
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -252,6 +317,9 @@ def test_window_starts_cover_every_position():
     assert window_starts(10, 4, 3) == [0, 3, 6]
     assert window_starts(11, 4, 3) == [0, 3, 6, 7]
     assert window_starts(4, 5, 2) == [0]  # a kernel larger than the map is clipped to it
+    assert len(window_starts(448, 16, 8, "paper")) == 57  # the paper's 3,249 windows a grid
+    assert window_starts(448, 16, 8, "paper")[:2] == [-8, 0] and window_starts(448, 16, 8, "paper")[-1] == 440
+    assert window_starts(14, 5, 2, "paper") == [-2, 0, 2, 4, 6, 8, 10, 12]  # centres 0, 2, …, 14
 
 
 def test_rise_masks_are_seeded_and_keep_about_p():
@@ -350,7 +418,9 @@ def test_presets_and_validation():
     assert Occlusion.preset(cell_size=32, layer="final") == OcclusionConfig(k=2, s=1)
     assert RISE.preset(cell_size=224, layer="input") == RISEConfig(masks=1000, s=6, p=0.1)
     assert parse_method("occlusion:k=4,s=2").build(cell_size=32, layer="input").config == OcclusionConfig(4, 2)
-    for bad in ("occlusion:k=0", "rise:p=0", "rise:p=1.5", "rise:masks=0", "occlusion:size=3"):
+    assert OcclusionConfig().scheme == "paper"
+    for bad in ("occlusion:k=0", "rise:p=0", "rise:p=1.5", "rise:masks=0", "occlusion:size=3",
+                "occlusion:k=3,k=5", "occlusion:scheme=centred"):
         with pytest.raises(UserError):
             parse_method(bad)
 
@@ -362,6 +432,8 @@ def grid_file(path, variant, count=3):
     rng = np.random.default_rng(0)
     size = N * CELL
     labels = np.stack([rng.permutation(CLASSES)[: N * N] for _ in range(count)])
+    if variant == "corners":  # the two corners hold one class
+        labels[:, -1] = labels[:, 0]
     return write_artifact(
         path,
         data={
@@ -384,7 +456,8 @@ def test_engine_writes_each_method_with_its_parameters_in_the_key(tmp_path, monk
     results = attribute(grids=path, setting=setting, model=model, layers="input,final", methods=specs,
                         cache_root=tmp_path / "cache", batch_size=2)
     names = sorted({r.path.name for r in results})
-    assert names == ["ablationcam.h5", "occlusion:k=3,s=2.h5", "rise:masks=12.h5", "scorecam.h5"]
+    # s=2 is the input preset of 8-pixel cells (K=4, s=2) but not the final layer's (K=2, s=1)
+    assert names == ["ablationcam.h5", "occlusion:k=3,s=2.h5", "occlusion:k=3.h5", "rise:masks=12.h5", "scorecam.h5"]
     artifact = read_artifact(next(r.path for r in results if r.path.name.startswith("occlusion")
                                   and r.key.layer == "input"))
     grids = torch.from_numpy(read_artifact(path).data["images"])
