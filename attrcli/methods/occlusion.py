@@ -65,8 +65,6 @@ from attrcli.methods.base import METHODS, Method
 PAPER_CELL = 224
 TABLE_BYTES = 8 * 2**20  # window masks made once per call up to this size, else per batch
 INCREMENTAL = True  # re-run only each window's cone; False: the plain path (maps are equal)
-
-
 SCHEMES = ("paper", "inside")
 
 
