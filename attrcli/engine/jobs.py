@@ -65,19 +65,10 @@ def resolve_methods(methods: str | list[str]) -> list[MethodSpec]:
 
 
 def samples(method: Method) -> bool:
-    """Whether ``method`` draws random numbers (RISE's masks, SmoothGrad's noise).
-
-    Its maps then depend on ``--seed`` and on how the grid images are cut into chunks (each chunk
-    draws afresh), so both are part of its identity. A method class may say so itself with a
-    ``seeded`` class attribute.
-    """
-    flag = getattr(type(method), "seeded", None)
-    if flag is not None:
-        return bool(flag)
-    from attrcli.methods.rise import RISE
-    from attrcli.methods.smoothgrad import SmoothGrad
-
-    return isinstance(method, (RISE, SmoothGrad))
+    """Whether ``method`` draws random numbers (:attr:`Method.seeded`: RISE's masks,
+    SmoothGrad's noise). Its maps then depend on ``--seed`` and on how the grid images are cut
+    into chunks (each chunk draws afresh), so both are part of its identity."""
+    return bool(getattr(type(method), "seeded", False))
 
 
 def sampling_identity(*, seed: int, batch_size: int, count: int, shards: int = 1) -> dict[str, int]:

@@ -44,6 +44,8 @@ class Method:
         Config: a frozen dataclass of parameters (one comment per field).
         keyed: parameters always written in the artifact key, even at their preset value
             (a smoothing kernel's K, so the keys of a sweep name their K).
+        seeded: the method draws random numbers (RISE's masks, SmoothGrad's noise), so its maps
+            depend on ``--seed`` and on the chunking: both enter its artifact's identity.
     """
 
     name: ClassVar[str]
@@ -53,6 +55,7 @@ class Method:
     base: ClassVar[str | None] = None
     Config: ClassVar[type] = NoConfig
     keyed: ClassVar[tuple[str, ...]] = ()
+    seeded: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -88,6 +88,7 @@ class MaskSource:
 class RISE(Method):
     name = "rise"
     kind = "model"
+    seeded = True
     Config = RISEConfig
 
     @classmethod

@@ -57,6 +57,7 @@ class SmoothGrad(Method):
     """Mean of the :meth:`inner` method's maps over noisy copies of the layer's activations."""
 
     kind = "model"
+    seeded = True
     Config: ClassVar[type] = SmoothGradConfig
 
     def inner(self) -> Method:
