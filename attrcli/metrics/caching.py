@@ -132,13 +132,7 @@ def score_one(
         else:
             data, attrs = _compute_scores(source, device, progress)
         data["intervals"] = score_intervals(data["scores"], bootstrap)
-        attrs.update(
-            interval_statistics=list(SCORE_STATISTICS),
-            confidence=bootstrap.confidence,
-            interval_method=bootstrap.method,
-            resamples=bootstrap.resamples,
-            bootstrap_seed=bootstrap.seed,
-        )
+        attrs.update(interval_statistics=list(SCORE_STATISTICS), **bootstrap.attrs())
         write_artifact(
             out,
             data=data,

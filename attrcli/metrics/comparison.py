@@ -171,10 +171,7 @@ def compare(
                     "grid_images": grid_images,
                     "test": TEST,
                     "correction": CORRECTION,
-                    "confidence": bootstrap.confidence,
-                    "interval_method": bootstrap.method,
-                    "resamples": bootstrap.resamples,
-                    "bootstrap_seed": bootstrap.seed,
+                    **bootstrap.attrs(),
                 },
                 provenance=make_provenance(
                     config=config,

@@ -84,6 +84,16 @@ class BootstrapConfig:
         """The config as recorded in artifacts (with the resampling unit, for the reader)."""
         return {**asdict(self), "unit": UNIT}
 
+    def attrs(self) -> dict:
+        """The attributes every artifact with intervals carries (read back by
+        :func:`attrcli.metrics.summary.summarize`)."""
+        return {
+            "confidence": self.confidence,
+            "interval_method": self.method,
+            "resamples": self.resamples,
+            "bootstrap_seed": self.seed,
+        }
+
 
 def bootstrap_units(
     count: int,

@@ -384,10 +384,7 @@ def correlate(
                     "columns": col_labels,
                     "reference": reference or "",
                     "count": count,
-                    "confidence": bootstrap.confidence,
-                    "interval_method": bootstrap.method,
-                    "resamples": bootstrap.resamples,
-                    "bootstrap_seed": bootstrap.seed,
+                    **bootstrap.attrs(),
                 },
                 provenance=make_provenance(
                     config=config,
