@@ -245,3 +245,26 @@ def staged_blocks(
         else:
             blocks.append((name, wrap(len(blocks), module)))
     return blocks, layer_alias, stages
+
+
+def staged_adapter(
+    model: nn.Module, *, name: str, head: Callable[[torch.Tensor], torch.Tensor], cell_size: int,
+    mean, std, num_classes: int, wrap: Callable[[int, nn.Module], nn.Module] | None = None,
+) -> ModelAdapter:
+    """Adapter of a model whose ``features`` are laid out by :func:`staged_blocks` (ConvNeXt,
+    Swin) and whose ``head`` pools the final map: ``middle`` is stage 2, ``final`` the last."""
+    blocks, layer_alias, stages = staged_blocks(model.features, wrap=wrap)
+    return ModelAdapter(
+        name=name,
+        module=model,
+        blocks=blocks,
+        head=head,
+        gap_head=True,
+        aliases={"middle": stages[min(1, len(stages) - 1)], "final": stages[-1]},
+        stage_layers=stages,
+        cell_size=cell_size,
+        num_classes=num_classes,
+        mean=tuple(mean),
+        std=tuple(std),
+        layer_alias=layer_alias,
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attrcli.models.adapter import ModelAdapter, _no_inplace, staged_blocks
+from attrcli.models.adapter import ModelAdapter, _no_inplace, staged_adapter
 
 
 def convnext_adapter(
@@ -26,22 +26,9 @@ def convnext_adapter(
     """
     _no_inplace(model)
     model.eval()
-    blocks, layer_alias, stages = staged_blocks(model.features)
 
     def head(features: torch.Tensor) -> torch.Tensor:
         return model.classifier(model.avgpool(features))
 
-    return ModelAdapter(
-        name=name,
-        module=model,
-        blocks=blocks,
-        head=head,
-        gap_head=True,
-        aliases={"middle": stages[min(1, len(stages) - 1)], "final": stages[-1]},
-        stage_layers=stages,
-        cell_size=cell_size,
-        num_classes=num_classes,
-        mean=tuple(mean),
-        std=tuple(std),
-        layer_alias=layer_alias,
-    )
+    return staged_adapter(model, name=name, head=head, cell_size=cell_size, mean=mean, std=std,
+                          num_classes=num_classes)
