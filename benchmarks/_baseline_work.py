@@ -92,7 +92,7 @@ def random_grid_file(path: Path, adapter: ModelAdapter, *, variant: str, count: 
 
 def digits_grid_files(model: str, *, count: int, cache_dir: Path, out_dir: Path, seed: int, device) -> dict[str, Path]:
     """Distinct and corners grids of the held-out digits that ``model`` classifies confidently."""
-    from attrcli.data.grids import make_grids
+    from attrcli.stages.make_grids import make_grids
 
     paths = make_grids(
         dataset="digits", variant="both", count=count, models=[model], seed=seed, out_dir=out_dir,
@@ -100,7 +100,7 @@ def digits_grid_files(model: str, *, count: int, cache_dir: Path, out_dir: Path,
     )
     out = {}
     for path in paths:
-        from attrcli.engine.grids import load_grid_file
+        from attrcli.data.gridfile import load_grid_file
 
         out[load_grid_file(path).variant] = path
     return out

@@ -83,8 +83,10 @@ from _baseline_work import (
 )
 
 from attrcli.engine.allocator import retain_freed_memory
-from attrcli.engine.attribute import attribute, channels_last, resolve_device
-from attrcli.engine.grids import load_grid_file
+from attrcli.devices import resolve_device
+from attrcli.engine.attribute import channels_last
+from attrcli.stages.attribute import attribute
+from attrcli.data.gridfile import load_grid_file
 from attrcli.methods import parse_method
 from attrcli.models import describe_model
 from attrcli.models.adapter import ModelAdapter

@@ -42,10 +42,11 @@ import numpy as np
 import torch
 
 from attrcli.engine.allocator import retain_freed_memory
-from attrcli.engine.attribute import channels_last, compute_maps, exact_float32, resolve_device
+from attrcli.devices import resolve_device
+from attrcli.engine.attribute import channels_last, compute_maps, exact_float32
 from attrcli.engine.gradients import target_logits
-from attrcli.engine.grids import GridFile
-from attrcli.engine.jobs import plan_jobs
+from attrcli.data.gridfile import GridFile
+from attrcli.stages.plan import plan_jobs
 from attrcli.methods import parse_method
 from attrcli.models import create_model
 from attrcli.models.adapter import ModelAdapter

@@ -6,7 +6,7 @@ Reported: wall ``seconds``; ``cpu_seconds``, the CPU time of all threads; ``load
 shows whether other work shared the cores (wall time then grows with it); ``peak_growth_mib``,
 the peak memory growth over the process's state just before the computation (torch, the maps
 and the artifact already loaded), and ``peak_rss_mib``, the whole process's peak. ``stage``
-times the whole ``attrcli.metrics.stages.score`` call on an artifact file (hash, read, score,
+times the whole ``attrcli.stages.score.score`` call on an artifact file (hash, read, score,
 write); ``aggatt`` times the scores plus the AggAtt of the top-left targets.
 
     python benchmarks/bench_score.py    # prints a table, writes benchmarks/out/bench_score.json
@@ -47,7 +47,7 @@ def worker(case: str, side: int) -> dict:
     # warm up torch's kernels on a tiny input so the timing is the steady state
     localization_scores(maps[:2], cells=cells, n=N, image_size=IMAGE_SIZE)
     if case == "stage":
-        from attrcli.metrics.stages import score
+        from attrcli.stages.score import score
         from attrcli.store import ArtifactKey, write_artifact
         from attrcli.store.artifacts import make_provenance
 

@@ -87,18 +87,18 @@ def _attribution(root: Path, method: str, seed: int) -> Path:
 
 
 def bench_stage(keys: int) -> list[dict]:
-    from attrcli.metrics import caching, stages
+    from attrcli.stages import score as score_stage
     from attrcli.metrics.intervals import BootstrapConfig
 
     calls = {"localization_scores": 0, "score_intervals": 0}
     for name in calls:
-        original = getattr(caching, name)
+        original = getattr(score_stage, name)
 
         def counted(*args, _original=original, _name=name, **kwargs):
             calls[_name] += 1
             return _original(*args, **kwargs)
 
-        setattr(caching, name, counted)
+        setattr(score_stage, name, counted)
     root = Path(tempfile.mkdtemp(prefix="bench-stats-"))
     paths = [_attribution(root, f"m{i}", i) for i in range(keys)]
     rows = []
@@ -109,7 +109,7 @@ def bench_stage(keys: int) -> list[dict]:
     ):
         before = dict(calls)
         results, wall, cpu = _timed(
-            lambda: stages.score(attribution_paths=paths, bootstrap=config))
+            lambda: score_stage.score(attribution_paths=paths, bootstrap=config))
         rows.append({
             "case": "stage", "run": run, "keys": keys, "scores_per_key": SCORES,
             "statuses": sorted({r.status for r in results}),

@@ -63,7 +63,7 @@ def _child_attribute(quick: bool, cache: str) -> dict:
     """One digits ``attribute`` call, recomputed from scratch (``force``)."""
     import torch
 
-    from attrcli.engine.attribute import attribute
+    from attrcli.stages.attribute import attribute
     from attrcli.models import create_model
     from attrcli.store import write_artifact
 

@@ -17,17 +17,27 @@ import errno
 import functools
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator
+from typing import Annotated, Any
 
 import click
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from typer.core import TyperGroup
 
+from attrcli import (
+    progress as callbacks,  # the Progress alias (rich's Progress is the bar)
+)
 from attrcli.errors import AttrcliWarning, TaskError, UserError
 
 #: The order of ``attrcli --help``: the pipeline, then models and the scale-out commands.
@@ -200,7 +210,7 @@ def emit(paths) -> None:
 
 
 @contextmanager
-def progress_bar(quiet: bool = False) -> Iterator[Callable[[str, int, int], None]]:
+def progress_bar(quiet: bool = False) -> Iterator[callbacks.Progress]:
     """A ``callback(description, done, total)`` that drives a rich progress bar on stderr."""
     if quiet:
         yield lambda description, done, total: None

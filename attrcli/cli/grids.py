@@ -10,12 +10,13 @@ import typer
 
 from attrcli.cli.app import command, emit, err, progress_bar, split_list
 from attrcli.cli.options import writable_folder
-from attrcli.data.datasets import DATASETS
-from attrcli.data.grids import VARIANTS
-from attrcli.store import read_artifact
+from attrcli.names import DATASETS
+from attrcli.names import GRID_VARIANTS as VARIANTS
 
 
 def _summary(path: Path, status: str) -> dict:
+    from attrcli.store import read_artifact
+
     attrs = read_artifact(path, names=[]).attrs
     keys = ("dataset", "variant", "n", "cell_size", "count", "reused", "confident", "pool_size",
             "models", "min_conf", "seed")
@@ -25,7 +26,7 @@ def _summary(path: Path, status: str) -> dict:
 @command("make-grids")
 def make_grids_command(
     dataset: Annotated[str, typer.Option(
-        help=f"Dataset whose held-out images fill the cells: {', '.join(DATASETS.names())}, "
+        help=f"Dataset whose held-out images fill the cells: {', '.join(DATASETS)}, "
         "or module:Name for your own DatasetSpec.")] = "digits",
     root: Annotated[Path | None, typer.Option(
         help="Where the dataset lives (cifar10: the folder holding cifar-10-batches-py; imagenet: "
@@ -70,8 +71,8 @@ def make_grids_command(
 
     Files whose config and inputs are unchanged are kept (--force rewrites them).
     """
-    from attrcli.data.grids import make_grids
-    from attrcli.models import resolve_device
+    from attrcli.devices import resolve_device
+    from attrcli.stages.make_grids import make_grids
 
     statuses: dict[Path, str] = {}
 
@@ -126,7 +127,7 @@ def import_grids_command(
 
     Prints the file's path (<out-dir>/<name>.h5) on stdout. Bad input exits 2 with nothing written.
     """
-    from attrcli.data.import_grids import import_grids, parse_triple
+    from attrcli.stages.import_grids import import_grids, parse_triple
 
     path, status = import_grids(
         source, variant=variant, model=model, num_classes=num_classes, cell_size=cell_size,

@@ -14,8 +14,9 @@ from typing import Annotated
 import typer
 
 from attrcli.cli.app import paths_from_args, split_list
+from attrcli.devices import DEVICE_HELP
 from attrcli.errors import UserError
-from attrcli.metrics.selection import ALL, split_methods
+from attrcli.names import LAYERS, SETTINGS, listed
 
 # What score, aggatt, correlate and the plot figures read: paths, or keys on disk for --grids.
 Paths = Annotated[
@@ -83,31 +84,68 @@ positive = at_least(1)
 writable_folder = _folder(writable=True)
 readable_folder = _folder(writable=False)
 
-# Attribution jobs: attribute, launch, status, plan, merge (and Force for the analysis commands).
+# Attribution jobs: attribute, launch, status, plan, merge, run (and Force, Device for the
+# analysis commands). Help texts name settings and layers from attrcli.names.
+SETTING_HELP = f"{listed(SETTINGS)} (comma list allowed; all need the same grid variant)."
+MODEL_HELP = "Registered model (see `attrcli models`) or module:Name."
 GridFile = Annotated[Path, typer.Option("--grids", help="Grid file written by make-grids.")]
+AttributeSetting = Annotated[str, typer.Option("--setting", help=SETTING_HELP)]
+AttributeModel = Annotated[str, typer.Option("--model", help=MODEL_HELP)]
+AttributeLayers = Annotated[
+    str, typer.Option("--layer", help=f"Comma list of {', '.join(LAYERS)}, all, or module paths.")
+]
+AttributeMethods = Annotated[
+    str, typer.Option("--method", help="Comma list of methods, each optionally with parameters: "
+                      "occlusion:k=16,s=8. 'all' for every method.")
+]
+Heads = Annotated[
+    str | None, typer.Option("--heads", help="Cells to evaluate: 'default' (all for gridpg, the two corners "
+                             "otherwise), 'all', or indices like 0,3.")
+]
 CacheRoot = Annotated[
     Path, typer.Option("--cache-dir", help="Root of the artifact cache.", callback=writable_folder)
 ]
 CacheRead = Annotated[
     Path, typer.Option("--cache-dir", help="Root of the artifact cache.", callback=readable_folder)
 ]
-BatchSize = Annotated[
-    int, typer.Option("--batch-size", callback=positive, help="Grid images per forward pass (intgrad: grid "
-                      "images x steps; perturbation methods: perturbed copies); bounds memory.")
-]
+BATCH_HELP = ("Grid images per forward pass (intgrad: grid images x steps; perturbation methods: "
+              "perturbed copies); bounds memory.")
+BatchSize = Annotated[int, typer.Option("--batch-size", callback=positive, help=BATCH_HELP)]
 Seed = Annotated[
     int, typer.Option("--seed", callback=at_least(0, 2**63 - 1), help="Seed for methods that sample (RISE, SmoothGrad).")
 ]
-Shards = Annotated[int, typer.Option("--shards", callback=positive, help="Split each setting's grid images into N shards.")]
+Shard = Annotated[
+    str | None, typer.Option("--shard", help="Compute only shard i/N of the grid images (0-based); join with "
+                             "`attrcli merge`.")
+]
 Weights = Annotated[
     str | None,
     typer.Option("--weights", help="State-dict file for the model, as FILE or MODEL=FILE (loaded "
                  "with weights_only=True), or 'random'."),
 ]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+Device = Annotated[str, typer.Option("--device", help=f"{DEVICE_HELP}.")]
 Force = Annotated[bool, typer.Option("--force", help="Recompute even if up to date.")]
+Wait = Annotated[
+    bool, typer.Option("--wait", help="Wait for another process that holds an artifact's lock instead of exiting.")
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of paths.")]
+
+# Scale-out: attribute --launcher, launch and run.
+Launcher = Annotated[
+    str, typer.Option("--launcher", help="inline (this process), local or slurm (submitit job array of "
+                      "settings x shards, then merge).")
+]
+Shards = Annotated[int, typer.Option("--shards", callback=positive, help="Split each setting's grid images into N shards.")]
+Partition = Annotated[str | None, typer.Option("--partition", help="SLURM partition (with --launcher slurm).")]
+GpusPerTask = Annotated[int, typer.Option("--gpus-per-task", callback=at_least(0), help="GPUs per SLURM task.")]
+TimeLimit = Annotated[int, typer.Option("--time", callback=positive, help="Time limit per task, minutes.")]
+ArrayParallelism = Annotated[
+    int, typer.Option("--array-parallelism", callback=positive, help="Tasks of the array running at once (SLURM).")
+]
+NoWait = Annotated[
+    bool, typer.Option("--no-wait", help="Return after submitting; merge later with `attrcli merge --all`.")
+]
 
 
 def selected(
@@ -124,6 +162,8 @@ def selected(
     them parsed as ``settings``, ``models``, ``layers`` and ``methods``. ``nothing`` is what the
     command does, for the error when neither paths nor --grids are given.
     """
+    from attrcli.metrics.selection import ALL, split_methods
+
     if paths and grids:
         raise UserError("give artifact paths or --grids with a selection, not both")
     if paths:

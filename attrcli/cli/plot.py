@@ -18,17 +18,15 @@ import typer
 from attrcli.cli.app import app, command
 from attrcli.cli.options import Grids, Layer, Method, Model, Paths, Setting, readable_folder, selected
 from attrcli.errors import UserError
-from attrcli.metrics.selection import ALL
-from attrcli.plots import (
-    FORMATS,
-    find_artifacts,
-    output_path,
-    plot_aggatt,
-    plot_boxes,
-    plot_correlation,
-    plot_examples,
-    plot_smoothing,
-)
+from attrcli.names import ALL
+from attrcli.names import FIGURE_FORMATS as FORMATS
+
+def _plots():
+    """The figure library, imported when a figure is drawn (matplotlib is slow to import)."""
+    import attrcli.plots
+
+    return attrcli.plots
+
 
 plot_app = typer.Typer(
     name="plot",
@@ -62,7 +60,7 @@ def figure_output(name: str, out: Path | None, fmt: str | None) -> tuple[Path, s
             f"--out {out}: {out.suffix} is not a figure format; use one of "
             f"{', '.join('.' + f for f in FORMATS)}"
         )
-    path, fmt = output_path(name, out, fmt)
+    path, fmt = _plots().output_path(name, out, fmt)
     if out is not None and out.suffix and out.suffix.lower() != f".{fmt}":
         raise UserError(f"--out {out} does not match --format {fmt}; use a .{fmt} file name")
     output_target(path, what="--out")
@@ -86,7 +84,7 @@ def inputs(
     method: str = ALL,
 ) -> list[Path]:
     """Artifact paths from arguments or stdin, or the ``stage`` artifacts a selection names."""
-    on_disk = partial(find_artifacts, cache_root=cache_dir or Path("cache"), stage=stage)
+    on_disk = partial(_plots().find_artifacts, cache_root=cache_dir or Path("cache"), stage=stage)
     return selected(paths, grids, (setting, model, layer, method), find=on_disk, nothing="plot")
 
 
@@ -106,7 +104,7 @@ def boxes_command(
     out_path, fmt = figure_output("boxes", out, fmt)
     found = inputs(paths, grids, cache_dir, "scores", setting=setting, model=model,
                    layer=layer, method=method)
-    typer.echo(str(plot_boxes(score_paths=found, out=out_path, fmt=fmt)))
+    typer.echo(str(_plots().plot_boxes(score_paths=found, out=out_path, fmt=fmt)))
 
 
 @figure("aggatt")
@@ -125,7 +123,7 @@ def aggatt_command(
     out_path, fmt = figure_output("aggatt", out, fmt)
     found = inputs(paths, grids, cache_dir, "aggatt", setting=setting, model=model,
                    layer=layer, method=method)
-    typer.echo(str(plot_aggatt(aggatt_paths=found, out=out_path, fmt=fmt)))
+    typer.echo(str(_plots().plot_aggatt(aggatt_paths=found, out=out_path, fmt=fmt)))
 
 
 @figure("examples")
@@ -148,7 +146,7 @@ def examples_command(
     out_path, fmt = figure_output("examples", out, fmt)
     found = inputs(paths, grids, cache_dir, "aggatt", setting=setting, model=model,
                    layer=layer, method=method)
-    path = plot_examples(aggatt_paths=found, grid_file=grid_file, out=out_path, fmt=fmt)
+    path = _plots().plot_examples(aggatt_paths=found, grid_file=grid_file, out=out_path, fmt=fmt)
     typer.echo(str(path))
 
 
@@ -175,7 +173,7 @@ def correlation_command(
     out_path, fmt = figure_output("correlation", out, fmt)
     found = inputs(paths, grids, cache_dir, "scores", setting=setting, model=model,
                    layer=layer, method=method)
-    typer.echo(str(plot_correlation(paths=found, out=out_path, fmt=fmt)))
+    typer.echo(str(_plots().plot_correlation(paths=found, out=out_path, fmt=fmt)))
 
 
 @figure("smoothing")
@@ -201,6 +199,6 @@ def smoothing_command(
     """S-IntGrad / S-IxG localization and correlation with Grad-CAM against K (Tabs. 1-2, Fig. 26)."""
     out_path, fmt = figure_output("smoothing", out, fmt)
     found = inputs(paths, grids, cache_dir, "scores", setting=setting, model=model)
-    path = plot_smoothing(score_paths=found, reference=reference, layer=layer, out=out_path,
+    path = _plots().plot_smoothing(score_paths=found, reference=reference, layer=layer, out=out_path,
                           fmt=fmt)
     typer.echo(str(path))

@@ -3,39 +3,54 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from attrcli.cli.app import command, emit, err, paths_from_args, progress_bar, split_list
+from attrcli.cli.app import (
+    command,
+    emit,
+    err,
+    paths_from_args,
+    progress_bar,
+    split_list,
+)
 from attrcli.cli.options import (
+    MODEL_HELP,
+    SETTING_HELP,
+    ArrayParallelism,
+    AttributeLayers,
+    AttributeMethods,
+    AttributeModel,
+    AttributeSetting,
     BatchSize,
     CacheRead,
     CacheRoot,
     Device,
     Force,
+    GpusPerTask,
     GridFile,
+    Heads,
     Json,
+    NoWait,
+    Partition,
     Quiet,
     Seed,
     Shards,
+    TimeLimit,
+    Wait,
     Weights,
-    at_least,
     model_weights,
-    positive,
 )
 from attrcli.errors import TaskError, UserError
 
 if TYPE_CHECKING:
-    from attrcli.engine.jobs import AttributeResult
+    from attrcli.stages.plan import AttributeResult
 
-Setting = Annotated[str, typer.Option("--setting", help="gridpg, difull or dipart (comma list allowed).")]
-Model = Annotated[str, typer.Option("--model", help="Registered model or module:Name.")]
-Layer = Annotated[str, typer.Option("--layer", help="Comma list of layers.")]
-Method = Annotated[str, typer.Option("--method", help="Comma list of method specs, or 'all'.")]
-Heads = Annotated[Optional[str], typer.Option("--heads", help="Cells to evaluate: default, all, or indices.")]
+ArrayLauncher = Annotated[str, typer.Option("--launcher", help="local (submitit subprocesses) or slurm.")]
 
 
 @contextmanager
@@ -61,16 +76,16 @@ def print_results(results: list[AttributeResult], as_json: bool) -> None:
 
 @command("launch")
 def launch_command(
-    grids: GridFile, setting: Setting = "gridpg", model: Model = "digits-vgg11",
-    layer: Layer = "input,middle,final", method: Method = "grad", heads: Heads = None,
-    launcher: Annotated[str, typer.Option("--launcher", help="local (submitit subprocesses) or slurm.")] = "local",
+    grids: GridFile, setting: AttributeSetting = "gridpg", model: AttributeModel = "digits-vgg11",
+    layer: AttributeLayers = "input,middle,final", method: AttributeMethods = "grad", heads: Heads = None,
+    launcher: ArrayLauncher = "local",
     shards: Shards = 1,
-    partition: Annotated[Optional[str], typer.Option("--partition", help="SLURM partition.")] = None,
-    gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", callback=at_least(0), help="GPUs per SLURM task.")] = 0,
-    time: Annotated[int, typer.Option("--time", callback=positive, help="Time limit per task, minutes.")] = 60,
-    array_parallelism: Annotated[int, typer.Option("--array-parallelism", callback=positive, help="Tasks of the array running at once (SLURM).")] = 32,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return after submitting; merge later with `attrcli merge --all`.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (in each task).")] = "auto",
+    partition: Partition = None,
+    gpus_per_task: GpusPerTask = 0,
+    time: TimeLimit = 60,
+    array_parallelism: ArrayParallelism = 32,
+    no_wait: NoWait = False,
+    device: Device = "auto",
     batch_size: BatchSize = 32,
     weights: Weights = None,
     cache_dir: CacheRoot = Path("cache"),
@@ -80,34 +95,35 @@ def launch_command(
     as_json: Json = False,
 ) -> None:
     """Run `attribute` as a submitit job array of settings × shards, wait, and merge the shards."""
-    from attrcli.engine.launch import launch_attribute
+    from attrcli.stages.launch import LaunchOptions, launch_attribute
+    from attrcli.stages.plan import AttributeRequest
 
     weights = model_weights(weights, model)
+    options = LaunchOptions(launcher=launcher, partition=partition, gpus_per_task=gpus_per_task, time=time,
+                            array_parallelism=array_parallelism, no_wait=no_wait)
+    request = AttributeRequest(
+        grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method, heads=heads,
+        device=device, batch_size=batch_size, force=force, cache_root=cache_dir, weights=weights, seed=seed,
+        shards=shards,
+    )
     with task_failures(), progress_bar(quiet) as progress:
-        results = launch_attribute(
-            job=dict(grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method),
-            launcher=launcher,
-            options=dict(shards=shards, partition=partition, gpus_per_task=gpus_per_task, time=time,
-                         array_parallelism=array_parallelism, no_wait=no_wait),
-            common=dict(device=device, batch_size=batch_size, force=force, cache_root=cache_dir,
-                        weights=weights, progress=progress, heads=heads, seed=seed),
-        )
+        results = launch_attribute(request, options, progress=progress)
     print_results(results, as_json)
 
 
 @command("merge")
 def merge_command(
-    paths: Annotated[Optional[list[str]], typer.Argument(help="Artifact paths (unsharded, or any shard); '-' reads them from stdin.")] = None,
+    paths: Annotated[list[str] | None, typer.Argument(help="Artifact paths (unsharded, or any shard); '-' reads them from stdin.")] = None,
     all_keys: Annotated[bool, typer.Option("--all", help="Merge every key with shards under --cache-dir.")] = False,
     cache_dir: CacheRoot = Path("cache"),
     keep: Annotated[bool, typer.Option("--keep", help="Keep the shard files after merging.")] = False,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait for a lock held by another process.")] = False,
+    wait: Wait = False,
 ) -> None:
     """Join the shards of attribution keys after checking coverage and provenance.
 
     Prints the merged artifact paths. Shards are removed after a successful merge unless --keep.
     """
-    from attrcli.engine.shards import merge, merge_all
+    from attrcli.stages.merge import merge, merge_all
 
     targets = paths_from_args(paths)
     if not targets and not all_keys:
@@ -120,10 +136,10 @@ def merge_command(
 
 @command("status")
 def status_command(
-    grids: Annotated[Optional[Path], typer.Option("--grids", help="Grid file written by make-grids; without it, a summary of every key under --cache-dir.")] = None,
-    setting: Annotated[Optional[str], typer.Option("--setting", help="gridpg, difull or dipart (comma list allowed) [with --grids, default: gridpg].")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Registered model or module:Name [with --grids, default: digits-vgg11].")] = None,
-    layer: Layer = "input,middle,final", method: Method = "grad", heads: Heads = None,
+    grids: Annotated[Path | None, typer.Option("--grids", help="Grid file written by make-grids; without it, a summary of every key under --cache-dir.")] = None,
+    setting: Annotated[str | None, typer.Option("--setting", help=f"{SETTING_HELP} [with --grids, default: gridpg]")] = None,
+    model: Annotated[str | None, typer.Option("--model", help=f"{MODEL_HELP} [with --grids, default: digits-vgg11]")] = None,
+    layer: AttributeLayers = "input,middle,final", method: AttributeMethods = "grad", heads: Heads = None,
     batch_size: BatchSize = 32,
     seed: Seed = 0,
     shards: Shards = 1,
@@ -138,11 +154,13 @@ def status_command(
     """
     if grids is None:
         return _cache_summary(cache_dir, split_list(setting), split_list(model), as_json)
-    from attrcli.engine.launch import status
+    from attrcli.stages.launch import status
+    from attrcli.stages.plan import AttributeRequest
 
-    rows = status(grids=grids, setting=split_list(setting or "gridpg"), model=model or "digits-vgg11",
-                  layers=layer, methods=method, heads=heads, cache_root=cache_dir, seed=seed,
-                  batch_size=batch_size, shards=shards)
+    rows = status(AttributeRequest(
+        grids=grids, setting=split_list(setting or "gridpg"), model=model or "digits-vgg11", layers=layer,
+        methods=method, heads=heads, cache_root=cache_dir, seed=seed, batch_size=batch_size, shards=shards,
+    ))
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
@@ -186,8 +204,8 @@ def _cache_summary(cache_dir: Path, settings: list[str], models: list[str], as_j
 
 @command("plan")
 def plan_command(
-    grids: GridFile, setting: Setting = "gridpg", model: Model = "digits-vgg11",
-    layer: Layer = "input,middle,final", method: Method = "grad", heads: Heads = None,
+    grids: GridFile, setting: AttributeSetting = "gridpg", model: AttributeModel = "digits-vgg11",
+    layer: AttributeLayers = "input,middle,final", method: AttributeMethods = "grad", heads: Heads = None,
     shards: Shards = 1,
     device: Device = "auto",
     batch_size: BatchSize = 32,
@@ -201,12 +219,13 @@ def plan_command(
     Run the attribute lines in parallel (`xargs -P 8 -I{} sh -c {}`, or one per sbatch array
     task), then the merge lines. Keys that are done are left out.
     """
-    from attrcli.engine.launch import plan_commands
+    from attrcli.stages.launch import plan_commands
+    from attrcli.stages.plan import AttributeRequest
 
     weights = model_weights(weights, model)
-    for line in plan_commands(
+    for line in plan_commands(AttributeRequest(
         grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method,
         shards=shards, heads=heads, cache_root=cache_dir, batch_size=batch_size, device=device,
         weights=weights, seed=seed, force=force,
-    ):
+    )):
         typer.echo(line)

@@ -1,9 +1,10 @@
-"""Grid files from a user's own grid images (``attrcli import-grids``).
+"""The checks on a user's own grid images (``attrcli import-grids``, whose stage is
+:mod:`attrcli.stages.import_grids`).
 
-``make-grids`` builds grids from a dataset through its confidence filter; this module takes grids
-a user already has (read by :mod:`attrcli.data.grid_sources` from a ``.npz`` or ``.csv``) and
-writes them in the same grid-file format (docs/artifacts.md), after checking what every later
-stage relies on, all before anything is written: n ≥ 2 with n² label columns; square images whose
+``make-grids`` builds grids from a dataset through its confidence filter; ``import-grids`` takes
+grids a user already has (read by :mod:`attrcli.data.grid_sources` from a ``.npz`` or ``.csv``)
+and writes them in the same grid-file format (docs/artifacts.md), after checking here what every
+later stage relies on, all before anything is written: n ≥ 2 with n² label columns; square images whose
 size n divides; finite values; integer labels within the class count, which comes from
 ``--num-classes``, ``class_names`` or ``--model`` (never from the labels, whose maximum
 undercounts); *distinct* grids hold n² distinct classes, *corners* grids one class at the
@@ -13,22 +14,17 @@ classes elsewhere (SPEC §1).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from attrcli.data.grid_sources import Imported, grid_size, parse_triple, read_csv, read_npz, triple
-from attrcli.data.grids import VARIANTS
+from attrcli.data.grid_sources import Imported, grid_size, parse_triple
 from attrcli.errors import UserError
-from attrcli.store import artifact_lock, read_provenance, write_artifact
-from attrcli.store.artifacts import make_provenance
 
 SOURCES = (".npz", ".csv")
-__all__ = ["Imported", "check_grids", "import_grids", "model_facts", "parse_triple"]
-IMPORTER = "import-grids"  # provenance config["made_by"] of the files written here
+__all__ = ["Imported", "ModelFacts", "agree", "check_grids", "count_classes", "parse_triple"]
+IMPORTER = "import-grids"  # provenance config["made_by"] of the files import-grids writes
 
 
 @dataclass
@@ -42,18 +38,7 @@ class ModelFacts:
     std: tuple[float, ...]
 
 
-def model_facts(name: str) -> ModelFacts:
-    """A registered model's spec, or a ``module:attr`` factory's adapter (random weights)."""
-    from attrcli.models import MODELS, ModelSpec, create_model
-
-    spec = MODELS.get(name)
-    if isinstance(spec, ModelSpec):
-        return ModelFacts(name, int(spec.cell_size), int(spec.num_classes), tuple(spec.mean), tuple(spec.std))
-    adapter = create_model(name, weights="random")
-    return ModelFacts(name, int(adapter.cell_size), int(adapter.num_classes), tuple(adapter.mean), tuple(adapter.std))
-
-
-def _agree(what: str, given: dict[str, tuple[float, ...] | None]) -> tuple[float, ...] | None:
+def agree(what: str, given: dict[str, tuple[float, ...] | None]) -> tuple[float, ...] | None:
     """The one value the given sources state (None if none does); they must agree."""
     stated = {k: v for k, v in given.items() if v is not None}
     values = list(stated.values())
@@ -62,7 +47,7 @@ def _agree(what: str, given: dict[str, tuple[float, ...] | None]) -> tuple[float
     return tuple(values[0]) if values else None
 
 
-def _class_count(num_classes: int | None, names: list[str] | None, model: ModelFacts | None) -> int:
+def count_classes(num_classes: int | None, names: list[str] | None, model: ModelFacts | None) -> int:
     """The class count every given source agrees on; at least one must give it."""
     given = {}
     if num_classes is not None:
@@ -124,7 +109,7 @@ def check_grids(images: np.ndarray, labels: np.ndarray, *, variant: str, num_cla
                 f"{n * n} distinct classes ({len(repeats)} grid(s) do not)"
             )
     else:
-        from attrcli.engine.grids import check_corners
+        from attrcli.data.gridfile import check_corners
 
         check_corners(labels, where, ids)
         inside = [i for i, row in enumerate(labels) if row[0] in row[1:-1]]
@@ -141,118 +126,3 @@ def check_grids(images: np.ndarray, labels: np.ndarray, *, variant: str, num_cla
                 "they must be two different images"
             )
     return n, height // n
-
-
-def _output(out_dir: Path, name: str | None, source: Path) -> Path:
-    name = name if name is not None else source.stem
-    if not name or not re.fullmatch(r"[A-Za-z0-9_.+=,:@-]+", name) or name.startswith("."):
-        raise UserError(f"invalid grid name {name!r}: use letters, digits and _.+=,:@- (it names the cache folders)")
-    return Path(out_dir) / f"{name}.h5"
-
-
-def _existing(path: Path, config: dict, inputs: dict, force: bool) -> str | None:
-    """``"up to date"`` when ``path`` holds this very import; raise if it holds something else."""
-    if not path.exists():
-        return None
-    try:
-        prov = read_provenance(path)
-    except UserError:
-        prov = {}
-    if prov.get("config") == config and prov.get("inputs") == inputs and not force:
-        return "up to date"
-    if prov.get("config", {}).get("made_by") != IMPORTER and not force:
-        raise UserError(f"{path} exists and was not made by import-grids; choose another --name or add --force")
-    return None
-
-
-def import_grids(
-    source: Path | str,
-    *,
-    variant: str,
-    model: str | None = None,
-    num_classes: int | None = None,
-    cell_size: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    name: str | None = None,
-    out_dir: Path | str = Path("data/grids"),
-    batch_size: int = 256,
-    force: bool = False,
-    wait: bool = False,
-) -> tuple[Path, str]:
-    """Check a user's grids and write them as a grid file; returns its path and
-    ``"written"`` or ``"up to date"``. Raises UserError, before writing anything, on bad input."""
-    source = Path(source)
-    if variant not in VARIANTS:
-        raise UserError(f"unknown grid variant {variant!r}; valid: {', '.join(VARIANTS)}")
-    if not source.is_file():
-        raise UserError(f"{source}: no such file")
-    if source.suffix.lower() not in SOURCES:
-        raise UserError(f"{source}: the source must be a .npz or .csv file, not {source.suffix or 'no suffix'}")
-    if cell_size is not None and cell_size < 1:
-        raise UserError(f"--cell-size must be a positive number of pixels, not {cell_size}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, not {batch_size}")
-    facts = model_facts(model) if model else None
-    if facts is not None and cell_size is not None and cell_size != facts.cell_size:
-        raise UserError(f"model {facts.name} needs {facts.cell_size}-pixel cells, not --cell-size {cell_size}")
-    norm = {
-        what: _agree(what, {f"--{what}": triple(value, f"--{what}") if value is not None else None,
-                            f"model {model}": getattr(facts, what) if facts else None})
-        for what, value in (("mean", mean), ("std", std))
-    }
-    path = _output(Path(out_dir), name, source)
-
-    if source.suffix.lower() == ".npz":
-        got = read_npz(source)
-        for what, stated in (("mean", got.mean), ("std", got.std)):
-            norm[what] = _agree(what, {f"--{what}" if facts is None else f"--{what} or model {model}": norm[what],
-                                       str(source): stated})
-    else:
-        got = read_csv(source, cell_size=cell_size or (facts.cell_size if facts else None),
-                        mean=norm["mean"], std=norm["std"], batch_size=batch_size)
-    mean, std = norm["mean"], norm["std"]
-    if std is not None and min(std) <= 0:
-        raise UserError(f"std must be positive, got {list(std)}")
-    classes = _class_count(num_classes, got.class_names, facts)
-    if got.class_names is not None and len(got.class_names) != classes:
-        raise UserError(f"{source}: {len(got.class_names)} class_names for {classes} classes")
-    n, cell = check_grids(got.images, got.labels, variant=variant, num_classes=classes, where=str(source), ids=got.ids)
-    if facts is not None and cell != facts.cell_size:
-        raise UserError(f"{source} has {cell}-pixel cells but model {facts.name} needs {facts.cell_size}")
-    if cell_size is not None and cell != cell_size:
-        raise UserError(f"{source} has {cell}-pixel cells, not --cell-size {cell_size}")
-
-    config = {
-        "made_by": IMPORTER, "name": path.stem, "format": source.suffix.lower().lstrip("."),
-        "variant": variant, "n": n, "cell_size": cell, "num_classes": classes,
-        "mean": list(mean) if mean else None, "std": list(std) if std else None, "model": model,
-    }
-    status = _existing(path, config, got.inputs, force)
-    if status:
-        return path, status
-    provenance = make_provenance(config=config, inputs=got.inputs, seed=None, device="cpu")
-    # No wall-clock fields: the same source gives a byte-identical grid file (as make-grids).
-    provenance.pop("created", None)
-    provenance.pop("seconds", None)
-    names = got.class_names if got.class_names is not None else [str(i) for i in range(classes)]
-    attrs = {
-        "dataset": f"{config['format']}:{source.name}", "variant": variant, "n": n, "cell_size": cell,
-        "mean": list(mean) if mean else [0.0, 0.0, 0.0], "std": list(std) if std else [1.0, 1.0, 1.0],
-        "seed": 0, "min_conf": 0.0, "models": [model] if model else [], "per_model": False,
-        "reused": got.reused, "count": int(len(got.labels)), "confident": got.pool_size,
-        "pool_size": got.pool_size, "class_names": names, "num_classes": classes,
-        "source": str(source.resolve()),
-    }
-    with artifact_lock(path, wait=wait):
-        write_artifact(
-            path,
-            data={
-                "images": np.ascontiguousarray(got.images, dtype=np.float32),
-                "labels": np.ascontiguousarray(got.labels, dtype=np.int64),
-                "sources": np.ascontiguousarray(got.sources, dtype=np.int64),
-            },
-            attrs=attrs,
-            provenance=provenance,
-        )
-    return path, "written"

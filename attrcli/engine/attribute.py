@@ -1,22 +1,22 @@
-"""``attribute``: compute attribution maps for a grid file, one artifact per key.
+"""The attribution engine's compute core: maps of planned jobs, chunk by chunk.
 
-One invocation takes several settings, layers and methods. Everything is validated first, on a
-weightless copy of the model where possible, so bad input fails before any weights are loaded
-or trained and before anything is written. Grid images are then processed in chunks of
-``batch_size``: per chunk the gradient methods share one forward and one backward per target
-across all their layers (:mod:`attrcli.engine.gradients`; guided backprop shares the forward
-and adds one backward), methods that run the model share the layer's prefix, and derived
-methods (smoothing) are computed afterwards from the cached maps of their base method.
-Finished chunks are checkpointed, so a killed run resumes (:mod:`attrcli.engine.checkpoint`).
+:func:`compute_maps` computes one chunk of grid images for several jobs of one setting: the
+gradient methods share one forward and one backward per target across all their layers
+(:mod:`attrcli.engine.gradients`; guided backprop shares the forward and adds one backward), and
+methods that run the model share the layer's prefix (:class:`AttributionContext`).
+:func:`run_setting` goes through a setting's chunks, checkpointing each finished chunk so a
+killed run resumes (:mod:`attrcli.engine.checkpoint`), and hands each job's maps to a writer.
+:func:`computing` is the numeric set-up maps are computed under. Planning the jobs, freshness,
+locks and writing artifacts are the ``attribute`` stage's (:mod:`attrcli.stages.attribute`).
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,34 +25,20 @@ from attrcli.engine.allocator import retain_freed_memory
 from attrcli.engine.checkpoint import Checkpoint, InMemory
 from attrcli.engine.context import AttributionContext
 from attrcli.engine.gradients import GUIDED, PLAIN, shared_gradients
-from attrcli.engine.grids import GridFile, check_fit, load_grid_file
-from attrcli.engine.jobs import (
-    AttributeResult,
-    Job,
-    plan_jobs,
-    resolve_methods,
-    up_to_date,
-    wants_all,
-    write_derived,
-    write_maps,
-)
-from attrcli.errors import UserError
-from attrcli.models import MODELS, ModelAdapter, ModelSpec, create_model, state_dict_hash
-from attrcli.models import resolve_device as resolve_model_device
-from attrcli.settings import SETTINGS, GridSetting, create_setting
-from attrcli.store import artifact_lock
+from attrcli.progress import Progress
 from attrcli.threads import forward_macs, threads_for, torch_threads
 
-__all__ = ["AttributeResult", "attribute", "compute_maps", "resolve_device", "resolve_methods"]
+if TYPE_CHECKING:
+    from attrcli.data.gridfile import GridFile
+    from attrcli.models.adapter import ModelAdapter
+    from attrcli.settings import GridSetting
+    from attrcli.stages.plan import Job
 
-Progress = Callable[[str, int, int], None]
+__all__ = ["batch_macs", "channels_last", "compute_maps", "computing", "exact_float32", "run_setting"]
 
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; ``cpu``, ``cuda`` and ``cuda:N``."""
-    if isinstance(device, torch.device):
-        return device
-    return resolve_model_device(device)
+#: ``write(job, maps, counts, seconds)``: store a job's finished maps ``(rows, T, h, w)`` and its
+#: method's diagnostic counts; ``seconds`` the time the setting's chunks took.
+Writer = Callable[["Job", np.ndarray, dict[str, int], float], None]
 
 
 @contextmanager
@@ -100,138 +86,19 @@ def exact_float32() -> Iterator[None]:
         cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
-def _setting_names(setting: str | list[str]) -> list[str]:
-    names = [s.strip() for s in setting.split(",")] if isinstance(setting, str) else list(setting)
-    names = list(dict.fromkeys(s for s in names if s))
-    if not names:
-        raise UserError(f"no setting given; valid: {', '.join(SETTINGS.names())}")
-    for name in names:
-        SETTINGS.get(name)
-    return names
-
-
-def _weightless(model: str) -> ModelAdapter | None:
-    """The registered model's adapter on the meta device (no weights), or None for a factory."""
-    spec = MODELS.get(model)
-    if not isinstance(spec, ModelSpec):
-        return None
-    with torch.device("meta"):
-        return spec.adapter(spec.factory())
-
-
-def _settings(
-    grid_file: GridFile, names: list[str], model: ModelAdapter, layers: str | list[str],
-    heads: str | list[int] | None, *, geometry: bool = True,
-) -> tuple[list[tuple[GridSetting, list[int]]], list[str]]:
-    """Each setting with its evaluated cells, and the layers; raises UserError on any misfit.
-
-    ``geometry=False`` skips the feature-map check, for a model whose weightless copy passed it.
-    """
-    layer_names = model.resolve_layers(layers)
-    out = []
-    for name in names:
-        setting = create_setting(name, model, grid_file.n)
-        check_fit(grid_file, setting_name=name, variant=setting.variant, model=model)
-        if geometry:
-            setting.check_geometry()
-        out.append((setting, setting.resolve_cells(heads)))
-    return out, layer_names
-
-
-def attribute(
-    *,
-    grids: Path | str,
-    setting: str | list[str],
-    model: str | ModelAdapter,
-    layers: str | list[str] = "input,middle,final",
-    methods: str | list[str] = "grad",
-    heads: str | list[int] | None = None,
-    device: str | torch.device = "cpu",
-    batch_size: int = 32,
-    force: bool = False,
-    wait: bool = False,
-    cache_root: Path | str = Path("cache"),
-    weights: str | Path | None = None,
-    seed: int = 0,
-    progress: Progress | None = None,
-    shard: tuple[int, int] | None = None,
-) -> list[AttributeResult]:
-    """Compute (or reuse) one attribution artifact per (setting, layer, method) for a grid file.
-
-    ``setting`` is one name or several (comma list) that share the grid variant. ``batch_size``
-    counts grid images per forward pass. Artifacts that are up to date (same grid file, weights
-    and config; for sampling methods also seed and chunking) are skipped unless ``force``, also
-    when another process finished them while this one waited for their locks. A run killed
-    after some chunks resumes from its checkpoints, which are only kept for identical inputs and
-    config; ``force`` starts from scratch. On the CPU, small batches run on one thread
-    (:mod:`attrcli.threads`).
-    ``shard=(i, N)`` computes only rows ``[i*count//N, (i+1)*count//N)`` of the grid file into
-    shard artifacts (:mod:`attrcli.engine.shards`; ``attrcli merge`` joins them).
-    """
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    cache_root = Path(cache_root)
-    dev = resolve_device(device)
-    names = _setting_names(setting)
-    grid_file = load_grid_file(grids)
-    specs = resolve_methods(methods)
-    preview = None if isinstance(model, ModelAdapter) else _weightless(model)
-    if preview is not None:  # a registered model: fail before any weights are loaded or trained
-        _settings(grid_file, names, preview, layers, heads)
-    adapter = model if isinstance(model, ModelAdapter) else create_model(
-        model, weights=weights, device=dev, cache_dir=cache_root, progress=progress
-    )
-    adapter.module.eval()
-    adapter.to(dev)
-    if not adapter.weights_hash:
-        adapter.weights_hash = state_dict_hash(adapter.module.state_dict())
-    # shapes do not depend on the weights: the weightless copy's geometry check holds for them
-    settings, layer_names = _settings(grid_file, names, adapter, layers, heads, geometry=preview is None)
-
-    shards = shard[1] if shard is not None else 1
-    plans = [
-        plan_jobs(grid_file, s, cells, layer_names, specs, cache_root, seed=seed, batch_size=batch_size, shards=shards,
-                  applicable_only=wants_all(methods))
-        for s, cells in settings
-    ]
-    rows = None
-    if shard is not None:
-        from attrcli.engine.shards import shard_jobs, shard_rows
-
-        rows = shard_rows(grid_file.count, shard)
-        plans = [(shard_jobs(jobs, shard, cache_root), shard_jobs(derived, shard, cache_root)) for jobs, derived in plans]
-    results: list[AttributeResult] = []
-    todo: list[Job] = []
-    for job in (job for jobs, derived in plans for job in jobs + derived):
-        if not force and up_to_date(job):
-            results.append(AttributeResult(job.key, job.path, "up to date"))
-        else:
-            todo.append(job)
-    if not todo:
-        return results
-    macs = _batch_macs(preview or adapter, grid_file.n, batch_size) if dev.type == "cpu" else None
+@contextmanager
+def computing(module: torch.nn.Module, device: torch.device, macs: float | None = None) -> Iterator[None]:
+    """The set-up maps are computed under: exact float32 on CUDA; on the CPU channels-last frozen
+    weights (:func:`channels_last`), freed memory kept for the next chunk
+    (:func:`~attrcli.engine.allocator.retain_freed_memory`) and as many threads as a forward
+    pass of ``macs`` multiply-accumulates pays for (:func:`attrcli.threads.threads_for`)."""
     with ExitStack() as stack:
-        for job in todo:
-            stack.enter_context(artifact_lock(job.path, wait=wait))
-        if not force:  # another process may have finished some while we waited for their locks
-            finished = [job for job in todo if up_to_date(job)]
-            results += [AttributeResult(job.key, job.path, "up to date") for job in finished]
-            todo = [job for job in todo if job not in finished]
         stack.enter_context(exact_float32())
-        stack.enter_context(channels_last(adapter.module, dev))
-        if dev.type == "cpu":
+        stack.enter_context(channels_last(module, device))
+        if device.type == "cpu":
             retain_freed_memory()
             stack.enter_context(torch_threads(threads_for(macs)))
-        for grid_setting, _ in settings:
-            mine = [j for j in todo if j.setting is grid_setting and j.kind != "derived"]
-            results += _run_jobs(grid_file, mine, dev, batch_size, seed, progress, rows, fresh=force)
-        derived = [j for j in todo if j.kind == "derived"]
-        for i, job in enumerate(derived):
-            write_derived(job)
-            results.append(AttributeResult(job.key, job.path, "computed"))
-            if progress:
-                progress("derive", i + 1, len(derived))
-    return results
+        yield
 
 
 def _discard_misfits(
@@ -297,7 +164,7 @@ def compute_maps(
     return out
 
 
-def _batch_macs(adapter: ModelAdapter, n: int, batch_size: int) -> float | None:
+def batch_macs(adapter: ModelAdapter, n: int, batch_size: int) -> float | None:
     """Multiply-accumulates of one forward pass of ``batch_size`` grid images of n×n cells,
     from one cell through the model (on the meta device for a registered model's weightless
     copy: no arithmetic)."""
@@ -309,18 +176,20 @@ def _batch_macs(adapter: ModelAdapter, n: int, batch_size: int) -> float | None:
     return None if macs is None else float(macs) * n * n * batch_size
 
 
-def _run_jobs(
+def run_setting(
     grid_file: GridFile, jobs: list[Job], dev: torch.device, batch_size: int, seed: int,
-    progress: Progress | None, rows: range | None = None, *, fresh: bool = False,
-) -> list[AttributeResult]:
-    """Compute the jobs of one setting chunk by chunk, checkpointing each, then write them.
+    progress: Progress | None, rows: range | None = None, *, fresh: bool = False, write: Writer,
+) -> dict[Job, bool]:
+    """Compute the jobs of one setting chunk by chunk, checkpointing each, then ``write`` them;
+    for each job whether it resumed checkpointed chunks.
 
     Chunks an earlier run checkpointed are used only if they pass :meth:`Checkpoint.verified`
     and have the spatial size of the maps computed now; the others are computed again.
-    ``fresh`` (``--force``) discards every checkpoint first.
+    ``fresh`` (``--force``) discards every checkpoint first. A job's checkpoint is removed only
+    after ``write`` returned.
     """
     if not jobs:
-        return []
+        return {}
     setting, cells = jobs[0].setting, jobs[0].cells
     sharded = {} if rows is None else {"rows": [rows.start, rows.stop]}
     rows = range(grid_file.count) if rows is None else rows
@@ -371,7 +240,7 @@ def _run_jobs(
     while _discard_misfits(checkpoints, sizes, computed):
         fill()
     seconds = time.perf_counter() - started
-    results = []
+    results: dict[Job, bool] = {}
     for job in jobs:
         checkpoint = checkpoints[job]
         maps = np.concatenate([checkpoint.load(c) for c in range(chunks)])
@@ -379,10 +248,7 @@ def _run_jobs(
         for c in range(chunks):
             for name, value in checkpoint.counts(c).items():
                 counts[name] = counts.get(name, 0) + value
-        write_maps(
-            job, maps, grid_file, seconds=seconds, device=dev, batch_size=batch_size, seed=seed,
-            rows=rows, counts=counts,
-        )
+        write(job, maps, counts, seconds)
         checkpoint.remove()
-        results.append(AttributeResult(job.key, job.path, "resumed" if job in resumed else "computed"))
+        results[job] = job in resumed
     return results

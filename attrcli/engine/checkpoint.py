@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 
 from attrcli.errors import AttrcliWarning
-from attrcli.store.files import atomic_output, remove_stale_temps, write_bytes, write_failure
+from attrcli.store.files import (
+    atomic_output,
+    remove_stale_temps,
+    write_bytes,
+    write_failure,
+)
+from attrcli.store.keys import checkpoint_folder_of
 
 _CHUNK = re.compile(r"^chunk-(\d+)\.npy$")
 
@@ -37,7 +43,7 @@ class Checkpoint:
     def __init__(self, artifact: Path, meta: dict[str, Any], *, fresh: bool = False) -> None:
         """Open (or start) the checkpoint of ``artifact`` for a run described by ``meta``;
         ``fresh`` discards whatever an earlier run left (``--force``)."""
-        self.folder = artifact.with_name(artifact.name + ".partial")
+        self.folder = checkpoint_folder_of(artifact)
         self.meta = json.loads(json.dumps(meta, sort_keys=True, default=str))
         meta_path = self.folder / "meta.json"
         if os.path.lexists(self.folder):
@@ -156,7 +162,7 @@ class InMemory:
     """
 
     def __init__(self, artifact: Path) -> None:
-        self.folder = artifact.with_name(artifact.name + ".partial")
+        self.folder = checkpoint_folder_of(artifact)
         self.chunks: dict[int, np.ndarray] = {}
         self.chunk_counts: dict[int, dict[str, int]] = {}
 

@@ -28,6 +28,21 @@ class NoConfig:
     """A method without parameters."""
 
 
+@dataclass(frozen=True)
+class MethodTesting:
+    """What the registry-driven generic tests need to know about a method that its other class
+    attributes do not say. Its kind and where it applies (guided, kind, ``model_problem``; see
+    :mod:`attrcli.methods.applicability`) are read from the class itself, so that registering a
+    method puts it under every generic test (tests/methods/test_generic_methods.py)."""
+
+    tiny: str = ""  # parameters that keep it cheap on tiny test models ("k=4,s=4"; spec name:tiny)
+    difull_exact: bool = False  # DiFull maps exactly zero outside the target cell, at every layer
+
+    def spec(self, name: str) -> str:
+        """The method spec the generic tests run: ``name`` or ``name:tiny``."""
+        return f"{name}:{self.tiny}" if self.tiny else name
+
+
 class Method:
     """Base class of all attribution methods.
 
@@ -46,6 +61,7 @@ class Method:
             (a smoothing kernel's K, so the keys of a sweep name their K).
         seeded: the method draws random numbers (RISE's masks, SmoothGrad's noise), so its maps
             depend on ``--seed`` and on the chunking: both enter its artifact's identity.
+        testing: what the generic tests need besides the above (:class:`MethodTesting`).
     """
 
     name: ClassVar[str]
@@ -56,6 +72,7 @@ class Method:
     Config: ClassVar[type] = NoConfig
     keyed: ClassVar[tuple[str, ...]] = ()
     seeded: ClassVar[bool] = False
+    testing: ClassVar[MethodTesting] = MethodTesting()
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from attrcli.methods.base import METHODS, Method
+from attrcli.methods.base import METHODS, Method, MethodTesting
 
 
 @METHODS.register("grad")
 class Gradient(Method):
     name = "grad"
+    testing = MethodTesting(difull_exact=True)
 
     def from_gradients(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return gradients.abs().sum(-3)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from attrcli.methods.base import METHODS, Method
+from attrcli.methods.base import METHODS, Method, MethodTesting
 
 
 @METHODS.register("guided-backprop")
 class GuidedBackprop(Method):
     name = "guided-backprop"
+    testing = MethodTesting(difull_exact=True)
     guided = True
 
     def from_gradients(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,12 @@
 """Integrated Gradients (Sundararajan, Taly & Yan, ICML 2017).
 
 ``(a - 0) · ∫₀¹ ∂f(α a)/∂a dα`` with a zero baseline, the integral approximated with ``steps``
-points (default 20, Gauss-Legendre as Captum; or ``rule=riemann_trapezoid``), summed over
-channels. At a hidden layer ``a`` are the layer's activations and ``f`` the rest of the network
-(ML-Att): Captum's ``IntegratedGradients`` applied to the rest. Deliberate difference from Captum's ``LayerIntegratedGradients``: the baseline is zero
-*at the layer*, not the layer's response to a zero image. The prefix runs once per batch;
-(grid image, step) pairs are batched under ``--batch-size``, one forward for every target of a
-grid image (one backward each). In DiFull only the target cells run, in one backward.
+points (default 20, Gauss-Legendre as Captum; or ``rule=riemann_trapezoid``), summed over channels.
+At a hidden layer ``a`` are the layer's activations and ``f`` the rest of the network (ML-Att):
+Captum's ``IntegratedGradients`` applied to the rest; the baseline is zero *at the layer*, not (as
+Captum's ``LayerIntegratedGradients``) the layer's response to a zero image. The prefix runs once
+per batch; (grid image, step) pairs are batched under ``--batch-size``, one forward for every
+target of a grid image (one backward each). In DiFull only the target cells run, in one backward.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attrcli.engine.context import AttributionContext
 from attrcli.errors import UserError
-from attrcli.methods.base import METHODS, Method
+from attrcli.methods.base import METHODS, Method, MethodTesting
 
 
 @dataclass(frozen=True)
@@ -48,10 +47,11 @@ def integration_points(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
 @METHODS.register("intgrad")
 class IntegratedGradients(Method):
     name = "intgrad"
+    testing = MethodTesting(tiny="steps=4", difull_exact=True)
     kind = "model"
     Config = IntGradConfig
 
-    def attribute(self, ctx: AttributionContext) -> torch.Tensor:
+    def attribute(self, ctx) -> torch.Tensor:
         alphas, weights = integration_points(self.config.steps, self.config.rule)
         a = ctx.evaluated  # (B·u, C, h, w), the prefix ran once
         alphas = torch.tensor(alphas, dtype=a.dtype, device=ctx.device)

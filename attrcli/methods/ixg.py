@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from attrcli.methods.base import METHODS, Method
+from attrcli.methods.base import METHODS, Method, MethodTesting
 
 
 @METHODS.register("ixg")
 class InputXGradient(Method):
     name = "ixg"
+    testing = MethodTesting(difull_exact=True)
 
     def from_gradients(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return (activations * gradients).sum(-3)

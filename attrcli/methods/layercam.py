@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from attrcli.methods.base import METHODS, Method
+from attrcli.methods.base import METHODS, Method, MethodTesting
 from attrcli.methods.gradcam import CAMConfig, cam_relu
 
 
 @METHODS.register("layercam")
 class LayerCAM(Method):
     name = "layercam"
+    testing = MethodTesting(difull_exact=True)
     Config = CAMConfig
 
     def from_gradients(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanoni
 from attrcli.engine.context import AttributionContext
 from attrcli.engine.gradients import own_class_gradients
 from attrcli.errors import UserError
-from attrcli.methods.base import METHODS, Method
+from attrcli.methods.base import METHODS, Method, MethodTesting
 from attrcli.models.adapter import ModelAdapter
 
 #: Leaf modules the composite has a rule for (or that are the identity in eval mode).
@@ -91,6 +91,7 @@ def composite(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> EpsilonPlusFla
 @METHODS.register("lrp")
 class LRP(Method):
     name = "lrp"
+    testing = MethodTesting(difull_exact=True)
     kind = "model"
     Config = LRPConfig
 

@@ -60,7 +60,7 @@ from attrcli.methods._perturb import (
     perturbed_scores,
     reference_scores,
 )
-from attrcli.methods.base import METHODS, Method
+from attrcli.methods.base import METHODS, Method, MethodTesting
 
 PAPER_CELL = 224
 TABLE_BYTES = 8 * 2**20  # window masks made once per call up to this size, else per batch
@@ -108,6 +108,7 @@ def coverage(starts: list[int], k: int, size: int, device=None) -> torch.Tensor:
 @METHODS.register("occlusion")
 class Occlusion(Method):
     name = "occlusion"
+    testing = MethodTesting(tiny="k=4,s=4")
     kind = "model"
     Config = OcclusionConfig
 

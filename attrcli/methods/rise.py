@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from attrcli.errors import UserError
 from attrcli.methods._perturb import cell_offsets, gather, perturbed_scores
-from attrcli.methods.base import METHODS, Method
+from attrcli.methods.base import METHODS, Method, MethodTesting
 
 MADE_BYTES = 64 * 2**20  # all upsampled masks are made once when they take at most this
 
@@ -87,6 +87,7 @@ class MaskSource:
 @METHODS.register("rise")
 class RISE(Method):
     name = "rise"
+    testing = MethodTesting(tiny="masks=8")
     kind = "model"
     seeded = True
     Config = RISEConfig

@@ -18,7 +18,7 @@ import torch
 
 from attrcli.errors import UserError
 from attrcli.methods._perturb import gradient_maps
-from attrcli.methods.base import METHODS, Method
+from attrcli.methods.base import METHODS, Method, MethodTesting
 from attrcli.methods.intgrad import (
     IntegratedGradients,
     IntGradConfig,
@@ -82,6 +82,7 @@ class SmoothGrad(Method):
 @METHODS.register("smoothgrad-ixg")
 class SmoothGradIxG(SmoothGrad):
     name = "smoothgrad-ixg"
+    testing = MethodTesting(tiny="samples=2", difull_exact=True)
 
     def inner(self) -> Method:
         return InputXGradient()
@@ -90,6 +91,7 @@ class SmoothGradIxG(SmoothGrad):
 @METHODS.register("smoothgrad-intgrad")
 class SmoothGradIntGrad(SmoothGrad):
     name = "smoothgrad-intgrad"
+    testing = MethodTesting(tiny="samples=2,steps=2", difull_exact=True)
     Config = SmoothGradIntGradConfig
 
     def inner(self) -> Method:

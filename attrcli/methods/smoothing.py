@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from attrcli.errors import UserError
-from attrcli.methods.base import METHODS, Method
+from attrcli.methods.base import METHODS, Method, MethodTesting
 
 PAPER_CELL = 224
 PAPER_KERNELS = (9, 17, 33, 65, 129, 257)
@@ -92,6 +92,7 @@ class GaussianSmoothing(Method):
     kind = "derived"
     Config = SmoothingConfig
     keyed = ("k",)  # the keys of a sweep name their K
+    testing = MethodTesting(tiny="k=3")
 
     @classmethod
     def preset(cls, *, cell_size: int, layer: str) -> SmoothingConfig:

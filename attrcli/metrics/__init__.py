@@ -1,69 +1,45 @@
-"""Metrics on attribution maps: localization score, AggAtt, Spearman correlation, and the stages.
+"""Metrics on attribution maps: localization score, AggAtt, Spearman correlation, intervals.
 
 The computations (``localization``, ``aggatt``, ``correlation``, and ``intervals`` for bootstrap
-intervals and paired tests) work on arrays; the stages (``stages``, with ``comparison``) read and
-write artifacts with caching; ``selection`` finds keys on disk.
+intervals and paired tests) work on arrays; ``selection`` finds and checks input artifacts on
+disk, ``scoresets`` the keys a cross-key stage reads, ``summary`` reads score artifacts back.
+The stages that write artifacts with caching live in :mod:`attrcli.stages`.
 """
 
-from attrcli.metrics.aggatt import EDGES, AggAtt, bin_bounds, compute_aggatt, sort_order
-from attrcli.metrics.correlation import check_comparable, spearman
-from attrcli.metrics.intervals import (
-    BootstrapConfig,
-    compare_keys,
-    holm,
-    score_intervals,
-    spearman_intervals,
-    wilcoxon_test,
-)
-from attrcli.metrics.localization import localization_scores, upsample_positive
-from attrcli.metrics.selection import select_keys, split_methods
-from attrcli.metrics.stages import (
-    COMPUTED,
-    FORCED,
-    PERFECT,
-    STALE,
-    UP_TO_DATE,
-    ComparisonResult,
-    CorrelationResult,
-    ScoreSummary,
-    StageResult,
-    aggatt,
-    compare,
-    correlate,
-    score,
-    summarize,
-)
+from __future__ import annotations
 
-__all__ = [
-    "COMPUTED",
-    "EDGES",
-    "FORCED",
-    "PERFECT",
-    "STALE",
-    "UP_TO_DATE",
-    "AggAtt",
-    "BootstrapConfig",
-    "ComparisonResult",
-    "CorrelationResult",
-    "ScoreSummary",
-    "StageResult",
-    "aggatt",
-    "bin_bounds",
-    "check_comparable",
-    "compare",
-    "compare_keys",
-    "compute_aggatt",
-    "correlate",
-    "holm",
-    "localization_scores",
-    "score",
-    "score_intervals",
-    "select_keys",
-    "sort_order",
-    "spearman",
-    "spearman_intervals",
-    "split_methods",
-    "summarize",
-    "upsample_positive",
-    "wilcoxon_test",
-]
+import importlib
+from typing import Any
+
+#: Where each public name lives; the submodule is imported on first use, so that importing one
+#: light module of the package (``attrcli.metrics.selection``) does not load torch and scipy.
+_HOME = {
+    "EDGES": "aggatt",
+    "AggAtt": "aggatt",
+    "bin_bounds": "aggatt",
+    "compute_aggatt": "aggatt",
+    "sort_order": "aggatt",
+    "check_comparable": "correlation",
+    "spearman": "correlation",
+    "PERFECT": "intervals",
+    "BootstrapConfig": "intervals",
+    "compare_keys": "intervals",
+    "holm": "intervals",
+    "score_intervals": "intervals",
+    "spearman_intervals": "intervals",
+    "wilcoxon_test": "intervals",
+    "localization_scores": "localization",
+    "upsample_positive": "localization",
+    "select_keys": "selection",
+    "split_methods": "selection",
+    "ScoreSummary": "summary",
+    "summarize": "summary",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'attrcli.metrics' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"attrcli.metrics.{_HOME[name]}"), name)

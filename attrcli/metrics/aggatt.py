@@ -28,11 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from attrcli.errors import UserError
-from attrcli.metrics.localization import MapSource, Progress, iter_positive
+from attrcli.names import AGGATT_MAX_SIZE
+from attrcli.metrics.localization import MapSource, iter_positive
+from attrcli.progress import Progress
 
 EDGES: tuple[int, ...] = (0, 2, 5, 50, 95, 98, 100)
 NORMALISER_PERCENTILE = 99.5
-MAX_SIZE = 224
+MAX_SIZE = AGGATT_MAX_SIZE
 
 
 def bin_bounds(count: int, edges: tuple[int, ...] = EDGES) -> np.ndarray:

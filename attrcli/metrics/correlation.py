@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
 from attrcli.errors import UserError
@@ -58,6 +57,8 @@ def check_comparable(items: list[ScoredAttributions], verb: str = "correlate") -
 
 
 def _centred_ranks(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.stats import rankdata  # here: scipy is slow to import, and listings need none
+
     ranks = rankdata(vectors, axis=-1)
     ranks -= ranks.mean(axis=-1, keepdims=True)
     return ranks, np.sqrt((ranks * ranks).sum(axis=-1))

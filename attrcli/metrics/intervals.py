@@ -34,17 +34,17 @@ import numpy as np
 from scipy.stats import bootstrap, wilcoxon
 
 from attrcli.errors import UserError
+from attrcli.names import CORRECTION, INTERVAL_METHODS, PAIRED_TEST
 from attrcli.metrics.correlation import spearman_weighted
 
 #: A score counts as perfect when it is at least this (float64 division of equal sums gives 1.0
 #: exactly; the tolerance only absorbs rounding in sums of many pixels).
 PERFECT = 1.0 - 1e-9
-METHODS = ("percentile", "bca")
+METHODS = INTERVAL_METHODS
 #: The statistics of :func:`score_intervals`, in the order of its rows.
 SCORE_STATISTICS = ("median", "mean", "perfect")
 UNIT = "grid image (all evaluated heads of a drawn grid together)"
-TEST = "Wilcoxon signed-rank on per-grid-image mean differences (zero differences dropped)"
-CORRECTION = "holm"
+TEST = PAIRED_TEST
 #: float64 elements gathered per vectorised call (about 64 MiB), whatever the number of scores.
 _BATCH_ELEMENTS = 8_000_000
 _MIN_RESAMPLES = 100

@@ -12,7 +12,7 @@ of maps; per-pixel work is float32, the per-cell totals are accumulated in float
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from attrcli.errors import UserError
+from attrcli.progress import Progress
 
 #: Bytes of upsampled float32 maps held at once (the peak is a small multiple of this). Kept
 #: under glibc's largest mmap threshold (32 MiB) so chunk buffers are reused, not re-faulted.
 CHUNK_BYTES = 24 * 2**20
-
-Progress = Callable[[str, int, int], None]
 
 
 class MapSource(Protocol):

@@ -1,8 +1,9 @@
-"""The score arrays of several keys, for the stages that relate keys (``correlate``, ``compare``).
+"""The keys whose scores the stages that relate keys (``correlate``, ``compare``) read.
 
 Keys come from score or attribution artifact paths, or from keys resolved under a cache folder;
-missing or stale scores are computed first (their intervals are not needed here). Every key
-must score the same attributions (:func:`~attrcli.metrics.correlation.check_comparable`).
+the stages compute missing or stale scores first (:func:`attrcli.stages.score.load_scores`).
+Every key must score the same attributions
+(:func:`~attrcli.metrics.correlation.check_comparable`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,9 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from attrcli.errors import UserError
-from attrcli.metrics.caching import score_one
 from attrcli.metrics.correlation import check_comparable
-from attrcli.metrics.localization import Progress
 from attrcli.metrics.selection import (
     ScoreInput,
     check_grid_sources,
@@ -24,7 +22,7 @@ from attrcli.metrics.selection import (
     score_input,
     unique_paths,
 )
-from attrcli.store import ArtifactKey, content_hash, read_artifact
+from attrcli.store import ArtifactKey, content_hash
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]*$")
 
@@ -55,28 +53,6 @@ def check_inputs(items: list[ScoreInput], verb: str) -> None:
     """Same attributions for every key, and attributions made from the current grid files."""
     check_comparable([identify(item) for item in items], verb=verb)
     check_grid_sources([item.attribution for item in items if item.attribution is not None])
-
-
-def load_scores(
-    items: list[ScoreInput],
-    *,
-    device: torch.device | str,
-    progress: Progress | None,
-    wait: bool,
-) -> dict[ArtifactKey, np.ndarray]:
-    """Each key's float64 ``(N, T)`` scores, computing missing or stale ones first."""
-    files = {
-        item.key: item.scores
-        if item.attribution is None
-        else score_one(
-            item.attribution, item.root, force=False, device=device, progress=progress, wait=wait
-        )[0].path
-        for item in items
-    }
-    return {
-        key: np.asarray(read_artifact(path, names=["scores"]).data["scores"], dtype=np.float64)
-        for key, path in files.items()
-    }
 
 
 def scores_hashes(scores: dict[ArtifactKey, np.ndarray]) -> dict[str, str]:

@@ -19,22 +19,10 @@ import numpy as np
 
 from attrcli.errors import UserError
 from attrcli.metrics.correlation import ScoredAttributions
+from attrcli.names import ALL, LAYERS
 from attrcli.store import Artifact, ArtifactKey, file_hash, read_artifact, read_provenance
+from attrcli.store.keys import glob_escape, grids_part, root_of
 
-ALL = "all"
-_LAYER_ORDER = ("input", "middle", "final")
-
-
-def cache_root_of(path: Path | str) -> Path:
-    """The cache folder of ``<root>/<stage>/<grids>/<setting>/<model>/<layer>/<method>.h5``."""
-    path = Path(path)
-    return path.parents[5] if len(path.parts) > 6 else Path(".")
-
-
-def grids_name(grids: str | Path) -> str:
-    """The ``<grids>`` part of keys: a grid file's stem, or the name itself."""
-    path = Path(grids)
-    return path.stem if path.suffix == ".h5" else str(grids)
 
 
 def split_methods(value: str | None) -> list[str]:
@@ -52,16 +40,8 @@ def method_matches(pattern: str, method: str) -> bool:
 def _found(root: Path, stages: tuple[str, ...], grids: str) -> dict[tuple[str, ...], ArtifactKey]:
     found: dict[tuple[str, ...], ArtifactKey] = {}
     for stage in stages:
-        base = root / stage / grids
-        for path in sorted(base.glob("*/*/*/*.h5")):
-            if path.name.startswith("."):
-                continue
-            try:
-                key = ArtifactKey.from_path(path, root)
-            except UserError:
-                continue
-            if key.shard is None:
-                found.setdefault((key.setting, key.model, key.layer, key.method), key)
+        for key in ArtifactKey.glob(root, stage, grids=glob_escape(grids)):
+            found.setdefault((key.setting, key.model, key.layer, key.method), key)
     return found
 
 
@@ -82,8 +62,8 @@ def natural_key(text: str) -> list:
 
 
 def _layer_sort(layers: set[str]) -> list[str]:
-    return [name for name in _LAYER_ORDER if name in layers] + sorted(
-        layers - set(_LAYER_ORDER), key=natural_key
+    return [name for name in LAYERS if name in layers] + sorted(
+        layers - set(LAYERS), key=natural_key
     )
 
 
@@ -103,7 +83,7 @@ def select_keys(
     ``grids`` is an existing grid file, the attributions must have been computed from it (same
     content hash).
     """
-    name = grids_name(grids)
+    name = grids_part(grids)
     root = Path(cache_root)
     found = _found(root, stages, name)
     if not found:
@@ -278,7 +258,7 @@ def inspect_attribution(path: Path) -> AttributionInfo:
     if len(identity.cells) and (identity.cells.min() < 0 or identity.cells.max() >= n * n):
         raise UserError(f"{path}: target cells {identity.cells.tolist()} outside a {n}x{n} grid")
     return AttributionInfo(
-        path, key, cache_root_of(path), artifact.attrs, n, image_size, shape, identity
+        path, key, root_of(path), artifact.attrs, n, image_size, shape, identity
     )
 
 
@@ -297,8 +277,8 @@ def score_input(path: Path, cache_root: Path | None) -> ScoreInput:
     key = ArtifactKey.from_path(path)
     if key.stage not in ("attributions", "scores"):
         raise UserError(f"{path} is a {key.stage} artifact; give score or attribution artifacts")
-    attribution = key.with_stage("attributions").path(cache_root_of(path))
-    root = cache_root_of(path) if key.stage == "scores" else Path(cache_root or cache_root_of(path))
+    attribution = key.sibling("attributions", path)
+    root = root_of(path) if key.stage == "scores" else Path(cache_root or root_of(path))
     scores = key.with_stage("scores").path(root)
     if not (attribution.exists() or (key.stage == "scores" and scores.exists())):
         raise UserError(f"{path}: no such file")

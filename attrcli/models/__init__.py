@@ -1,5 +1,7 @@
 """Models: the registry, torchvision's VGG/ResNet families and the embedded digits models."""
 
+# The one device resolver is attrcli.devices'; re-exported here until every caller imports it there.
+from attrcli.devices import resolve_device
 from attrcli.models import digits, torchvision_models  # noqa: F401  (register the models)
 from attrcli.models.adapter import ModelAdapter
 from attrcli.models.registry import (
@@ -10,7 +12,6 @@ from attrcli.models.registry import (
     describe_model,
     list_models,
     load_state_dict_file,
-    resolve_device,
     state_dict_hash,
 )
 

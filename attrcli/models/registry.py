@@ -24,15 +24,16 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from attrcli.devices import resolve_device
 from attrcli.errors import UserError
 from attrcli.models.adapter import ModelAdapter, resnet_adapter, vgg_adapter
 from attrcli.models.convnext import convnext_adapter
 from attrcli.models.swin import swin_adapter
 from attrcli.models.vit import vit_adapter
+from attrcli.progress import Progress
 from attrcli.registry import Registry
 from attrcli.store import content_hash
 
-Progress = Callable[[str, int, int], None]
 StateDict = dict[str, torch.Tensor]
 RANDOM = "random"
 INIT_SEED = 0
@@ -95,21 +96,6 @@ def build_module(spec: ModelSpec) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
         return spec.factory()
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for but CUDA is not available; valid: cpu, auto")
-    if resolved.type not in ("cpu", "cuda"):
-        raise UserError(f"unsupported device {device!r}; valid: auto, cpu, cuda, cuda:N")
-    return resolved
 
 
 def state_dict_hash(state: Mapping[str, torch.Tensor]) -> str:

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attrcli.progress import Progress
 from attrcli.threads import forward_macs, threads_for, torch_threads
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

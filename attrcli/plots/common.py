@@ -1,5 +1,8 @@
 """What every figure shares: display order, colours, input artifacts, and saving.
 
+The display order is the study's vocabulary (:mod:`attrcli.names`): the paper's methods in its
+order (supplement Fig. 9), then other methods; layers shallow to deep; the paper's settings.
+
 Figures are built on a bare :class:`matplotlib.figure.Figure` with an Agg canvas (no pyplot, no
 screen, no global state), so library code can build many figures without leaking windows.
 """
@@ -18,32 +21,13 @@ from matplotlib.figure import Figure
 
 from attrcli.errors import UserError
 from attrcli.metrics.correlation import ScoredAttributions
-from attrcli.metrics.selection import (
-    cache_root_of,
-    grids_name,
-    natural_key,
-    select_keys,
-)
+from attrcli.metrics.selection import natural_key, select_keys
+from attrcli.names import FIGURE_FORMATS, LAYERS, PAPER_METHODS, PAPER_SETTINGS
 from attrcli.store import ArtifactKey, read_artifact
 from attrcli.store.files import atomic_output
+from attrcli.store.keys import glob_escape, grids_part
 
-FORMATS = ("png", "pdf", "svg")
-#: Display order of the paper's methods (supplement Fig. 9); other methods follow, sorted.
-METHOD_ORDER = (
-    "grad",
-    "guided-backprop",
-    "ixg",
-    "intgrad",
-    "gradcam",
-    "gradcam++",
-    "layercam",
-    "ablationcam",
-    "scorecam",
-    "occlusion",
-    "rise",
-)
-LAYER_ORDER = ("input", "middle", "final")
-SETTING_ORDER = ("gridpg", "difull", "dipart")
+FORMATS = FIGURE_FORMATS
 #: AggAtt percentile bins (supplement H.4), as column labels.
 BIN_LABELS = ("0–2 %", "2–5 %", "5–50 %", "50–95 %", "95–98 %", "98–100 %")
 #: One colormap for attribution maps in every figure.
@@ -106,9 +90,9 @@ def method_params(spec: str) -> dict[str, str]:
 
 
 def method_sort_key(spec: str) -> tuple:
-    """The paper's methods first in :data:`METHOD_ORDER`, then the others by name."""
+    """The paper's methods first in :data:`PAPER_METHODS`, then the others by name."""
     base = method_base(spec)
-    rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+    rank = PAPER_METHODS.index(base) if base in PAPER_METHODS else len(PAPER_METHODS)
     return (rank, natural_key(spec))
 
 
@@ -119,14 +103,14 @@ def order_methods(specs: Iterable[str]) -> list[str]:
 def order_layers(layers: Iterable[str]) -> list[str]:
     """``input``, ``middle``, ``final``, then other layers in the order first found."""
     found = list(dict.fromkeys(layers))
-    return [name for name in LAYER_ORDER if name in found] + [
-        name for name in found if name not in LAYER_ORDER
+    return [name for name in LAYERS if name in found] + [
+        name for name in found if name not in LAYERS
     ]
 
 
 def order_settings(settings: Iterable[str]) -> list[str]:
     found = set(settings)
-    return [s for s in SETTING_ORDER if s in found] + sorted(found - set(SETTING_ORDER))
+    return [s for s in PAPER_SETTINGS if s in found] + sorted(found - set(PAPER_SETTINGS))
 
 
 def _palette() -> list:
@@ -142,10 +126,10 @@ def method_colours(specs: Iterable[str]) -> dict[str, tuple]:
     colours: dict[str, tuple] = {}
     ordered = order_methods(specs)
     for spec in ordered:
-        if spec in METHOD_ORDER:
-            index = METHOD_ORDER.index(spec)
+        if spec in PAPER_METHODS:
+            index = PAPER_METHODS.index(spec)
             colours[spec] = palette[index % len(palette)]
-    free = itertools.count(len(METHOD_ORDER))  # after the paper's methods' fixed colours
+    free = itertools.count(len(PAPER_METHODS))  # after the paper's methods' fixed colours
     for spec in ordered:
         if spec not in colours:
             colours[spec] = palette[next(free) % len(palette)]
@@ -154,8 +138,8 @@ def method_colours(specs: Iterable[str]) -> dict[str, tuple]:
 
 def method_colour(spec: str) -> tuple:
     """The fixed colour of one of the paper's methods (grey for others)."""
-    if spec in METHOD_ORDER:
-        return _palette()[METHOD_ORDER.index(spec)]
+    if spec in PAPER_METHODS:
+        return _palette()[PAPER_METHODS.index(spec)]
     return (0.4, 0.4, 0.4)
 
 
@@ -176,7 +160,7 @@ def as_stage(paths: Iterable[Path | str], stage: str) -> list[Path]:
                 f"{path} is a {key.stage} artifact; this figure needs "
                 f"{_STAGE_NOUN[stage]} artifacts"
             )
-        sibling = key.with_stage(stage).path(cache_root_of(path))
+        sibling = key.sibling(stage, path)
         if not sibling.exists():
             raise UserError(
                 f"{path}: no {_STAGE_NOUN[stage]} artifact for it at {sibling}; "
@@ -198,9 +182,9 @@ def find_artifacts(
 ) -> list[Path]:
     """Paths of the ``stage`` artifacts on disk matching a selection (empty or ``all``: every one)."""
     root = Path(cache_root)
-    name = grids_name(grids)
+    name = grids_part(grids)
     folder = root / stage / name
-    if not any(p for p in folder.glob("*/*/*/*.h5") if not p.name.startswith(".")):
+    if not ArtifactKey.glob(root, stage, grids=glob_escape(name), shards=True):
         raise UserError(
             f"no {_STAGE_NOUN.get(stage, stage)} artifacts for grids {name!r}: searched {folder}; "
             f"run attrcli {_STAGE_COMMAND.get(stage, stage)} first (or pass --cache-dir)"

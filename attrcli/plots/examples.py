@@ -18,7 +18,6 @@ from matplotlib.figure import Figure
 
 from attrcli.errors import UserError
 from attrcli.metrics.localization import upsample_positive
-from attrcli.metrics.selection import cache_root_of
 from attrcli.plots.aggatt import outline_cell, row_label, sort_rows
 from attrcli.plots.common import BIN_LABELS, MAP_CMAP, as_stage, new_figure, save_figure
 from attrcli.store import ArtifactKey, file_hash, read_artifact, read_provenance
@@ -38,7 +37,7 @@ class ExampleRow:
 
 def _attribution_path(aggatt_path: Path, attrs: dict) -> Path:
     key = ArtifactKey.from_path(aggatt_path)
-    beside = key.with_stage("attributions").path(cache_root_of(aggatt_path))
+    beside = key.sibling("attributions", aggatt_path)
     for candidate in (beside, Path(str(attrs.get("attribution", "")))):
         if candidate.name and candidate.is_file():
             return candidate

@@ -28,7 +28,6 @@ from matplotlib.patches import Patch
 from attrcli.errors import UserError
 from attrcli.metrics.correlation import check_comparable, spearman
 from attrcli.metrics.intervals import BootstrapConfig, spearman_intervals
-from attrcli.metrics.selection import cache_root_of
 from attrcli.plots.boxes import GUIDE, YLABEL, YMIN
 from attrcli.plots.common import (
     ScoreSet,
@@ -91,7 +90,7 @@ def kernel_size(item: ScoreSet) -> int:
     params = method_params(item.key.method)
     raw = params.get("k")
     if raw is None:
-        attribution = item.key.with_stage("attributions").path(cache_root_of(item.path))
+        attribution = item.key.sibling("attributions", item.path)
         if not attribution.is_file():
             attribution = Path(str(item.attrs.get("attribution", "")))
         if attribution.name and attribution.is_file():

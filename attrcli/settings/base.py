@@ -119,15 +119,6 @@ class GridSetting(ABC):
                 "whose feature map tiles the grid's (e.g. a multiple of the model's total stride)"
             )
 
-    # --- methods -----------------------------------------------------------------------
-    def check_method(self, method: type | object, layer: str) -> None:
-        """Raise a one-line UserError, naming the methods that are valid there, if ``method``
-        (a method class or instance) cannot run at ``layer`` of this setting's model
-        (:mod:`attrcli.settings.applicability`)."""
-        from attrcli.settings.applicability import check_method
-
-        check_method(self, method, layer)
-
     def map_size(self, layer_index: int) -> tuple[int, int]:
         """Height and width of the grid-layout map at block ``layer_index`` (-1: the grid
         image), traced without computing (:func:`layer_feature_size`)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from attrcli.errors import UserError
 from attrcli.store.artifacts import file_hash, read_artifact
-from attrcli.store.keys import STAGES, ArtifactKey
+from attrcli.store.keys import STAGES, ArtifactKey, iter_checkpoint_folders
 
 
 @dataclass
@@ -49,6 +49,14 @@ def _grid_state(path: str, recorded: str, hashes: dict[str, str | None]) -> bool
     return hashes[path] == recorded
 
 
+def _keys_on_disk(root: Path, stage: str) -> list[ArtifactKey]:
+    """The keys of ``stage`` under ``root`` with an artifact, a shard or a checkpoint folder, in
+    the order of their paths (a checkpoint folder's key where its artifact would sort)."""
+    keys = ArtifactKey.glob(root, stage, shards=True)
+    keys += [key for key, _ in iter_checkpoint_folders(root, stage)]
+    return sorted(keys, key=lambda key: key.path(root))
+
+
 def summarize_cache(cache_root: Path | str) -> list[CacheGroup]:
     """One :class:`CacheGroup` per (grid file, setting, model) with keys under ``cache_root``,
     sorted; an empty list for an empty or missing cache."""
@@ -63,16 +71,8 @@ def summarize_cache(cache_root: Path | str) -> list[CacheGroup]:
             continue
         partial_keys: set[tuple] = set()
         done_keys: set[tuple] = set()
-        for path in sorted(folder.glob("*/*/*/*/*")):
-            name = path.name
-            if name.endswith(".partial") and path.is_dir():
-                path = path.with_name(name[: -len(".partial")])
-            elif not name.endswith(".h5") or name.startswith("."):
-                continue
-            try:
-                key = ArtifactKey.from_path(path, root)
-            except (UserError, ValueError):
-                continue
+        for key in _keys_on_disk(root, stage):
+            path = key.path(root)
             group = groups.setdefault(
                 (key.grids, key.setting, key.model), CacheGroup(key.grids, key.setting, key.model)
             )

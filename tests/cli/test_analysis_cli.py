@@ -10,7 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from attrcli.cli.main import app
-from attrcli.metrics import stages
+from attrcli.metrics.summary import summarize
+from attrcli.stages import aggatt as aggatt_stage
+from attrcli.stages import score as score_stage
 from tests.plots.helpers import load_fakes
 
 fakes = load_fakes()
@@ -108,7 +110,7 @@ def test_score_json_by_selection(study):
         for m in ("grad", "gradcam", "ixg")
     ]
     summary = {(s["layer"], s["method"]): s for s in document["summary"]}
-    expected = stages.summarize([Path(a["path"]) for a in document["artifacts"]])
+    expected = summarize([Path(a["path"]) for a in document["artifacts"]])
     for row in expected:
         assert summary[row.layer, row.method]["median"] == row.median
         assert summary[row.layer, row.method]["count"] == 80
@@ -165,7 +167,7 @@ def test_commands_pass_their_arguments_to_the_library(study, monkeypatch):
         seen.update(kwargs)
         return []
 
-    monkeypatch.setattr(stages, "aggatt", fake_aggatt)
+    monkeypatch.setattr(aggatt_stage, "aggatt", fake_aggatt)
     result = runner.invoke(
         app,
         [
@@ -186,12 +188,32 @@ def test_commands_pass_their_arguments_to_the_library(study, monkeypatch):
     assert seen["force"] is True and seen["max_size"] == 32 and seen["cache_root"] == Path("other")
 
 
+def test_device_is_resolved_as_for_attribute(study, monkeypatch):
+    """``--device cuda:N`` is accepted like ``attribute``'s (one resolver for every command)."""
+    import torch
+
+    seen = {}
+
+    def fake_score(**kwargs):
+        seen.update(kwargs)
+        return []
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(score_stage, "score", fake_score)
+    result = runner.invoke(app, ["score", str(study["input", "grad"]), "--device", "cuda:1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert seen["device"] == torch.device("cuda", 1)
+    result = runner.invoke(app, ["score", str(study["input", "grad"]), "--device", "cuda:2"])
+    assert result.exit_code == 2 and "only 2 CUDA devices" in result.stderr
+
+
 def test_score_table_and_json_show_the_intervals(study):
     path = str(study["input", "ixg"])
     result = runner.invoke(app, ["score", path, "--resamples", "300", "--seed", "3", "--json"])
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.stdout)["summary"]
-    [expected] = stages.summarize([Path(json.loads(result.stdout)["artifacts"][0]["path"])])
+    [expected] = summarize([Path(json.loads(result.stdout)["artifacts"][0]["path"])])
     assert row["median_ci"] == list(expected.median_ci) and row["resamples"] == 300
     assert row["median_ci"][0] <= row["median"] <= row["median_ci"][1] and row["seed"] == 3
     table = runner.invoke(app, ["score", path, "--resamples", "300", "--seed", "3"],

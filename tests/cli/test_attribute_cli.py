@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import attrcli.engine.attribute as engine
+import attrcli.stages.attribute as stage
 from attrcli.cli.main import app
 from attrcli.store import read_artifact
 from tests.engine.helpers import write_grids
@@ -56,7 +56,7 @@ def test_attribute_prints_the_paths_it_wrote_and_skips_them_on_rerun(workdir):
 
 def test_the_command_passes_its_options_to_the_library(workdir, monkeypatch):
     seen = {}
-    monkeypatch.setattr(engine, "attribute", lambda **kwargs: seen.update(kwargs) or [])
+    monkeypatch.setattr(stage, "run_attribute", lambda request, progress=None: seen.update(vars(request)) or [])
     result = invoke("--grids", "g.h5", "--setting", "difull,dipart", "--layer", "middle", "--method",
                     "intgrad:steps=5,ixg", "--heads", "all", "--batch-size", "7", "--cache-dir", "c", "--force")
     assert result.exit_code == 0, result.output

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 import attrcli.cli.scale as scale_cli
-import attrcli.study as study
+import attrcli.stages.run as study
 from attrcli.cli.main import app
 from attrcli.models import create_model
 from attrcli.store import read_artifact
@@ -114,7 +114,8 @@ def test_both_weights_spellings_on_attribute_plan_launch_and_run(workdir, monkey
         assert plan.exit_code == 0 and "--weights w.pt" in plan.stdout, plan.output
 
     seen = []
-    monkeypatch.setattr("attrcli.engine.launch.launch_attribute", lambda **kw: seen.append(kw["common"]["weights"]) or [])
+    monkeypatch.setattr("attrcli.stages.launch.launch_attribute",
+                        lambda request, options, progress=None: seen.append(request.weights) or [])
     monkeypatch.setattr(scale_cli, "print_results", lambda *a: None)
     for spelling in ("w.pt", "digits-vgg11=w.pt"):
         assert invoke("launch", "--grids", "g.h5", "--model", "digits-vgg11", "--weights", spelling).exit_code == 0

@@ -17,9 +17,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 from attrcli.cli.main import app
-from attrcli.data import digits, grids
+from attrcli.data import digits
 from attrcli.errors import UserError
 from attrcli.models.adapter import ModelAdapter
+from attrcli.stages import make_grids as stage
 from attrcli.store import read_artifact
 
 runner = CliRunner()
@@ -61,7 +62,7 @@ def fake_models(monkeypatch, fakes):
             raise UserError(f"unknown model {unknown[0]!r}; valid: {', '.join(sorted(fakes))}")
         return [fakes[n] for n in names]
 
-    monkeypatch.setattr(grids, "load_models", load)
+    monkeypatch.setattr(stage, "load_models", load)
 
 
 def invoke(*args: str):
@@ -105,7 +106,7 @@ def test_passes_the_options_through(monkeypatch, tmp_path):
         seen.update(kwargs)
         return [tmp_path / "x.h5"]
 
-    monkeypatch.setattr(grids, "make_grids", fake_make_grids)
+    monkeypatch.setattr(stage, "make_grids", fake_make_grids)
     result = invoke("--dataset", "folder", "--root", str(tmp_path), "--variant", "corners", "--n", "3",
                     "--count", "7", "--cell-size", "32", "--min-conf", "0.9", "--models", "a, b",
                     "--per-model", "--seed", "4", "--out-dir", "o", "--cache-dir", "c", "--force")

@@ -120,3 +120,9 @@ def test_registry_defaults():
     assert spec.models == ("digits-vgg11", "digits-resnet18")
     assert spec.counts == {"distinct": 100, "corners": 100}
     assert DATASETS.get("cifar10").can_download and not DATASETS.get("folder").can_download
+
+
+def test_the_torch_free_dataset_names_mirror_the_registry():
+    from attrcli import names
+
+    assert list(names.DATASETS) == DATASETS.names()

@@ -21,6 +21,7 @@ from attrcli.data.datasets import DATASETS, load_pool
 from attrcli.errors import UserError
 from attrcli.models.adapter import ModelAdapter
 from attrcli.registry import Registry
+from attrcli.stages import make_grids as stage
 from attrcli.store import read_artifact
 
 
@@ -62,7 +63,7 @@ FAKES.register("timid")(lambda: fake_adapter("timid", 10.0))
 
 @pytest.fixture(autouse=True)
 def fake_models(monkeypatch):
-    monkeypatch.setattr(grids, "load_models", lambda names, **_: [FAKES.get(n)() for n in names])
+    monkeypatch.setattr(stage, "load_models", lambda names, **_: [FAKES.get(n)() for n in names])
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +76,8 @@ def made(tmp_path_factory):
     """The default files (both variants, joint filter) and the pool masks of the two models."""
     out = tmp_path_factory.mktemp("grids")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grids, "load_models", lambda names, **_: [FAKES.get(n)() for n in names])
-        paths = grids.make_grids(out_dir=out)
+        mp.setattr(stage, "load_models", lambda names, **_: [FAKES.get(n)() for n in names])
+        paths = stage.make_grids(out_dir=out)
     return {p.stem: read_artifact(p) for p in paths}
 
 
@@ -150,14 +151,14 @@ def test_no_training_image_enters_a_grid(made):
 
 
 def test_same_arguments_give_identical_bytes(tmp_path, made):
-    first = grids.make_grids(out_dir=tmp_path / "a", variant="corners", seed=3, count=20)
-    second = grids.make_grids(out_dir=tmp_path / "b", variant="corners", seed=3, count=20)
+    first = stage.make_grids(out_dir=tmp_path / "a", variant="corners", seed=3, count=20)
+    second = stage.make_grids(out_dir=tmp_path / "b", variant="corners", seed=3, count=20)
     digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in first + second]
     assert digest[0] == digest[1]
     # A file made alone equals the same file made together with the other variant.
-    alone = grids.make_grids(out_dir=tmp_path / "c", variant="distinct")[0]
+    alone = stage.make_grids(out_dir=tmp_path / "c", variant="distinct")[0]
     assert read_artifact(alone).data["sources"].tolist() == made["digits-distinct-n2"].data["sources"].tolist()
-    other = grids.make_grids(out_dir=tmp_path / "d", variant="distinct")[0]
+    other = stage.make_grids(out_dir=tmp_path / "d", variant="distinct")[0]
     assert alone.read_bytes() == other.read_bytes()
 
 
@@ -176,7 +177,7 @@ def test_names_carry_non_default_settings(tmp_path):
 
 
 def test_reuse_is_counted(tmp_path, pool):
-    path = grids.make_grids(out_dir=tmp_path, variant="distinct", count=300)[0]
+    path = stage.make_grids(out_dir=tmp_path, variant="distinct", count=300)[0]
     art = read_artifact(path)
     sources = art.data["sources"]
     values, uses = np.unique(sources, return_counts=True)
@@ -214,29 +215,29 @@ def test_corners_with_few_classes_repeat_other_classes_not_images():
 
 
 def test_joint_and_per_model_filters(tmp_path):
-    paths = grids.make_grids(out_dir=tmp_path, per_model=True, variant="corners")
+    paths = stage.make_grids(out_dir=tmp_path, per_model=True, variant="corners")
     names = [p.stem for p in paths]
     assert names == ["digits-corners-n2-digits-vgg11", "digits-corners-n2-digits-resnet18"]
     vgg, resnet = (read_artifact(p) for p in paths)
-    joint = grids.make_grids(out_dir=tmp_path / "joint", variant="corners")[0]
+    joint = stage.make_grids(out_dir=tmp_path / "joint", variant="corners")[0]
     confident = [a.attrs["confident"] for a in (vgg, resnet, read_artifact(joint))]
     assert confident[2] <= min(confident[:2]) and confident[0] != confident[1]
     assert vgg.attrs["per_model"] and vgg.attrs["models"] == ["digits-vgg11"]
     pred, conf = rerun(resnet, "digits-resnet18")
     assert (pred == resnet.data["labels"]).all() and (conf >= 0.99).all()
     # A per-model file is the file a single-model run makes.
-    single = grids.make_grids(out_dir=tmp_path / "single", variant="corners", models=["digits-vgg11"])[0]
+    single = stage.make_grids(out_dir=tmp_path / "single", variant="corners", models=["digits-vgg11"])[0]
     assert single.read_bytes() == paths[0].read_bytes()
 
 
 def test_up_to_date_files_are_kept_and_force_rewrites(tmp_path):
     seen = []
     report = lambda path, status: seen.append((path.name, status))
-    path = grids.make_grids(out_dir=tmp_path, variant="distinct", count=5, report=report)[0]
+    path = stage.make_grids(out_dir=tmp_path, variant="distinct", count=5, report=report)[0]
     inode = path.stat().st_ino
-    grids.make_grids(out_dir=tmp_path, variant="distinct", count=5, report=report)
+    stage.make_grids(out_dir=tmp_path, variant="distinct", count=5, report=report)
     assert path.stat().st_ino == inode
-    grids.make_grids(out_dir=tmp_path, variant="distinct", count=5, force=True, report=report)
+    stage.make_grids(out_dir=tmp_path, variant="distinct", count=5, force=True, report=report)
     assert path.stat().st_ino != inode
     assert [s for _, s in seen] == ["written", "up to date", "written"]
 
@@ -259,7 +260,7 @@ def test_up_to_date_files_are_kept_and_force_rewrites(tmp_path):
 ])
 def test_bad_input_raises_before_writing(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):
-        grids.make_grids(out_dir=tmp_path / "out", **kwargs)
+        stage.make_grids(out_dir=tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
 
 
@@ -270,3 +271,20 @@ def test_check_pool_counts_what_is_needed():
         grids.check_pool(labels, np.arange(4), variant="distinct", n=2, who="m", min_conf=0.99, dataset="d")
     with pytest.raises(UserError, match="2 confident images of one class and 7 of other classes"):
         grids.check_pool(labels, np.arange(5), variant="corners", n=3, who="m", min_conf=0.99, dataset="d")
+
+
+def test_a_corrupt_or_stale_file_is_rewritten(tmp_path, monkeypatch):
+    seen = []
+    report = lambda path, status: seen.append(status)
+    path = stage.make_grids(out_dir=tmp_path, variant="distinct", count=5, report=report)[0]
+    written = path.read_bytes()
+    path.write_bytes(b"not an artifact")
+    stage.make_grids(out_dir=tmp_path, variant="distinct", count=5, report=report)
+    assert path.read_bytes() == written
+    # Other weights behind the same model name: same file name, other inputs, so rewritten.
+    other = lambda names, **_: [fake_adapter(n, 30.0) for n in names]
+    monkeypatch.setattr(stage, "load_models", other)
+    stage.make_grids(out_dir=tmp_path, variant="distinct", count=5, report=report)
+    assert read_artifact(path).provenance["inputs"]["model:digits-vgg11"] == "centroids-30.0"
+    stage.make_grids(out_dir=tmp_path, variant="distinct", count=5, report=report)
+    assert seen == ["written", "written", "written", "up to date"]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from attrcli.cli.main import app
 from attrcli.data.datasets import load_images, normalize
-from attrcli.engine.grids import load_grid_file
+from attrcli.data.gridfile import load_grid_file
 from attrcli.errors import UserError
 from attrcli.store import read_artifact, write_artifact
 from tests.engine.helpers import MEAN, STD, grid_labels, write_grids

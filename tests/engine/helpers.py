@@ -19,8 +19,8 @@ from torch import nn
 from torchvision.models.vgg import make_layers
 
 from attrcli.engine.attribute import compute_maps
-from attrcli.engine.grids import GridFile
-from attrcli.engine.jobs import plan_jobs
+from attrcli.data.gridfile import GridFile
+from attrcli.stages.plan import plan_jobs
 from attrcli.methods import parse_method
 from attrcli.models.adapter import ModelAdapter, resnet_adapter, vgg_adapter
 from attrcli.settings import GridSetting

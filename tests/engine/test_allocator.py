@@ -14,7 +14,7 @@ import torch
 
 import attrcli.engine.attribute as engine
 from attrcli.engine import allocator
-from attrcli.engine.attribute import attribute
+from attrcli.stages.attribute import attribute
 from tests.engine.helpers import tiny_vgg, write_grids
 
 # A forward pass in miniature: each intermediate is freed once the next one exists. Sizes in

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import attrcli.engine.attribute as engine
-from attrcli.engine.attribute import attribute
+from attrcli.stages.attribute import attribute
 from attrcli.errors import UserError
 from attrcli.methods.grad import Gradient
 from attrcli.settings import create_setting

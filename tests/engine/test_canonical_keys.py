@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attrcli.engine.attribute import attribute
+from attrcli.stages.attribute import attribute
 from attrcli.errors import UserError
 from attrcli.methods import MethodSpec, parse_method
 from attrcli.store import read_artifact

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import attrcli.engine.attribute as engine
-from attrcli.engine.attribute import attribute
+from attrcli.stages.attribute import attribute
 from attrcli.engine.checkpoint import Checkpoint
-from attrcli.engine.grids import check_fit, load_grid_file
-from attrcli.engine.jobs import sampling_identity
+from attrcli.data.gridfile import check_fit, load_grid_file
+from attrcli.stages.plan import sampling_identity
 from attrcli.errors import AttrcliWarning, UserError
 from attrcli.models import create_model
 from attrcli.store import read_artifact, write_artifact

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import attrcli.methods.gradcampp as gradcampp
-from attrcli.engine.attribute import attribute
-from attrcli.engine.shards import merge
+from attrcli.stages.attribute import attribute
+from attrcli.stages.merge import merge
 from attrcli.store import ArtifactKey, read_artifact, write_artifact
-from attrcli.study_report import conditioning_notes
+from attrcli.stages.report import conditioning_notes
 from tests.engine.helpers import tiny_vgg, write_grids
 
 

@@ -3,8 +3,9 @@ structural claims on randomly initialised torchvision VGG11 / ResNet18 (and, slo
 trained digits models).
 
 Structural claims (Rao, Böhle & Schiele, CVPR 2022; supplement A, B.2):
-- DiFull: grad, guided-backprop, ixg, intgrad and layercam are exactly zero outside the target
-  cell at every layer (layer resolution), so their localization is exactly 1.0 at the input;
+- DiFull: grad, guided-backprop, ixg, intgrad and layercam (and every registered method that
+  declares ``MethodTesting.difull_exact``) are exactly zero outside the target cell at every
+  layer (layer resolution), so their localization is exactly 1.0 at the input;
 - GridPG with ResNet18 at the final layer: grad and guided-backprop are spatially uniform (global
   average pooling follows), so their localization is exactly 1/n².
 """
@@ -18,10 +19,25 @@ import torch
 from attrcli.methods import METHODS
 from attrcli.metrics.localization import localization_scores
 from attrcli.settings import create_setting
-from tests.engine.helpers import engine_maps, grid_images, grid_labels, resnet18, tiny_vgg, vgg11
+from tests.engine.helpers import (
+    engine_maps,
+    grid_images,
+    grid_labels,
+    resnet18,
+    tiny_vgg,
+    vgg11,
+)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: many small ops
 GRADIENT_METHODS = ("grad", "guided-backprop", "ixg", "gradcam", "gradcam++", "layercam")
-DISCONNECTED_EXACT = ("grad", "guided-backprop", "ixg", "intgrad", "layercam")
+#: Every registered method that declares the DiFull structural claim, as its tiny spec
+EXACT = [METHODS.get(m).testing.spec(m) for m in METHODS.names() if METHODS.get(m).testing.difull_exact]
+
+
+def test_the_papers_exact_methods_declare_the_claim():
+    declared = {spec.partition(":")[0] for spec in EXACT}
+    assert {"grad", "guided-backprop", "ixg", "intgrad", "layercam"} <= declared
+    assert not {"gradcam", "gradcam++", "occlusion", "rise", "scorecam", "ablationcam"} & declared
 
 
 def _tensors(seed: int = 0, B: int = 2, T: int = 3, C: int = 4, h: int = 5):
@@ -165,6 +181,12 @@ def _scores(maps: torch.Tensor, cells: list[int], image_size: int) -> np.ndarray
     return scores
 
 
+def has_positive(maps: torch.Tensor) -> np.ndarray:
+    """``(B, T)``: maps with positive values (a signed map may have none: LRP of a negative
+    logit; the scorer drops negatives, so such a map scores 0 wherever it lies)."""
+    return (maps.flatten(2).amax(-1) > 0).numpy()
+
+
 STRUCTURAL_MODELS = {"vgg11": vgg11, "resnet18": resnet18}
 
 
@@ -175,15 +197,14 @@ def test_difull_maps_are_zero_outside_the_target_cell_at_every_layer(name):
     x, labels = grid_images(2, dtype=torch.float32), torch.from_numpy(grid_labels(2, variant="corners"))
     cells = [0, 1, 2, 3]
     layers = model.resolve_layers("all")
-    methods = ["grad", "guided-backprop", "ixg", "intgrad:steps=4", "layercam"]
-    maps = engine_maps(setting, x, labels, cells, layers, methods)
+    maps = engine_maps(setting, x, labels, cells, layers, EXACT)
     for (layer, method), value in maps.items():
         outside = ~setting.cell_mask(torch.tensor(cells), value.shape[-2:])
         assert torch.count_nonzero(value * outside[None]) == 0, (layer, method)
         assert torch.count_nonzero(value * ~outside[None]) > 0, (layer, method)
         scores = _scores(value, cells, 64)
         if layer == "input":
-            assert np.all(scores == 1.0), (method, scores)
+            assert np.all(scores[has_positive(value)] == 1.0), (method, scores)
         else:  # bilinear upsampling leaks a border (SPEC §1): the layer-resolution check above
             assert np.all(scores <= 1.0), (layer, method, scores)
     # the model's own gradient, without the engine's per-cell bookkeeping, is zero there too
@@ -215,12 +236,12 @@ def test_structural_claims_on_the_trained_digits_models(name, trained_digits_cac
     x, labels = grid_images(3, dtype=torch.float32), torch.from_numpy(grid_labels(3, variant="corners"))
     difull = create_setting("difull", model, 2)
     layers = model.resolve_layers("all")
-    maps = engine_maps(difull, x, labels, [0, 3], layers, list(DISCONNECTED_EXACT))
+    maps = engine_maps(difull, x, labels, [0, 3], layers, EXACT)
     for (layer, method), value in maps.items():
         outside = ~difull.cell_mask(torch.tensor([0, 3]), value.shape[-2:])
         assert torch.count_nonzero(value * outside[None]) == 0, (layer, method)
         if layer == "input":
-            assert np.all(_scores(value, [0, 3], 64) == 1.0), method
+            assert np.all(_scores(value, [0, 3], 64)[has_positive(value)] == 1.0), method
     gridpg = create_setting("gridpg", model, 2)
     with torch.no_grad():
         cell = x[:, :, :32, :32]

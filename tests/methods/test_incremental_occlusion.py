@@ -31,13 +31,7 @@ from tests.models.tiny_families import BUILDERS, tiny
 CLASSES, N = 5, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small ops: with several threads on a busy machine they stall; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: many small ops
 
 
 def _randomise_batch_norm(module: nn.Module, gen: torch.Generator) -> None:
@@ -117,15 +111,17 @@ def tiny_resnet() -> ModelAdapter:
 def odd_model(shift: bool = False) -> ModelAdapter:
     """Asymmetric kernels and strides, padding 0 and 2, ceil-mode pooling, average pooling without
     the padding, a 1×1 conv, a nested Sequential; optionally a block that is not understood."""
-    blocks = [
-        nn.Conv2d(3, 4, (3, 5), stride=(2, 1), padding=(1, 2)), nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.MaxPool2d(3, 2, 1, ceil_mode=True),
-        nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.Conv2d(4, 5, 1),
-        *([GlobalShift()] if shift else []),
-        nn.Sequential(nn.Conv2d(5, 5, 3, stride=2), nn.ReLU()), nn.AvgPool2d(2, ceil_mode=True),
-    ]
-    module = _build(lambda: nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, CLASSES)), 2)
-    features = len(blocks)
+    def blocks() -> list[nn.Module]:  # built under the seed (not from the global generator)
+        return [
+            nn.Conv2d(3, 4, (3, 5), stride=(2, 1), padding=(1, 2)), nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+            nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.Conv2d(4, 5, 1),
+            *([GlobalShift()] if shift else []),
+            nn.Sequential(nn.Conv2d(5, 5, 3, stride=2), nn.ReLU()), nn.AvgPool2d(2, ceil_mode=True),
+        ]
+
+    module = _build(lambda: nn.Sequential(*blocks(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, CLASSES)), 2)
+    features = len(module) - 3  # the head: pooling, flatten, linear
 
     def head(f: torch.Tensor) -> torch.Tensor:
         return module[features + 2](module[features + 1](module[features](f)))

@@ -17,9 +17,11 @@ from zennit.rules import Epsilon
 
 from attrcli.errors import UserError
 from attrcli.methods import METHODS
+from attrcli.methods.applicability import check_method
 from attrcli.methods.lrp import ExactMergeBatchNorm, composite
 from attrcli.models import create_model
 from attrcli.models.adapter import vgg_adapter
+from attrcli.names import PAPER_SETTINGS
 from attrcli.settings import create_setting
 from tests.engine.helpers import engine_maps, grid_images, grid_labels, tiny_vgg
 from tests.models.tiny_families import tiny
@@ -56,12 +58,13 @@ def digits_resnet():
     return model
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: many small ops
 TIGHT = "lrp:epsilon=1e-14,stabilizer=1e-14"
 MODELS = {"tiny-vgg": tiny_vgg, "vgg-bn": vgg_bn, "digits-resnet18": digits_resnet}
 
 
 @pytest.mark.parametrize("name", ["tiny-vgg", "vgg-bn"])
-@pytest.mark.parametrize("setting_name", ["difull", "gridpg", "dipart"])
+@pytest.mark.parametrize("setting_name", PAPER_SETTINGS)  # conservation: not through a resize
 def test_relevance_sums_to_the_target_logit_without_biases(name, setting_name):
     """Conservation: every rule of the composite passes on all the relevance it gets when no
     layer has a bias (ε and the stabilisers set tiny), at the input and at hidden layers.
@@ -166,7 +169,7 @@ def test_lrp_is_refused_where_it_has_no_rules(name, module):
     setting = create_setting("difull", tiny(name), 2)
     pattern = f"^method lrp cannot run at layer input of {name} in difull: lrp has rules for ReLU CNNs .* the model has {re.escape(module)}; valid there: "
     with pytest.raises(UserError, match=pattern):
-        setting.check_method(METHODS.get("lrp"), "input")
-    create_setting("difull", tiny_vgg(), 2).check_method(METHODS.get("lrp"), "middle")
+        check_method(setting, METHODS.get("lrp"), "input")
+    check_method(create_setting("difull", tiny_vgg(), 2), METHODS.get("lrp"), "middle")
     with pytest.raises(UserError, match="lrp needs epsilon > 0 and stabilizer > 0"):
         METHODS.get("lrp").Config(epsilon=0)

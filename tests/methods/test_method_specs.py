@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attrcli.engine.jobs import resolve_methods
 from attrcli.errors import UserError
 from attrcli.methods import METHODS, MethodSpec, parse_method, split_methods
 from attrcli.methods.intgrad import IntGradConfig, integration_points
+from attrcli.stages.plan import resolve_methods
 
 PAPERS = {  # method -> a fragment of the citation its module docstring must carry
     "grad": "Simonyan",

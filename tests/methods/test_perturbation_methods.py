@@ -12,50 +12,24 @@ import pytest
 import torch
 from torch import nn
 
-from attrcli.engine.attribute import attribute
 from attrcli.engine.context import AttributionContext
 from attrcli.errors import UserError
-from attrcli.methods import parse_method
+from attrcli.methods import occlusion, parse_method, rise
+from attrcli.methods._perturb import gather
 from attrcli.methods.ablationcam import AblationCAM
 from attrcli.methods.occlusion import Occlusion, OcclusionConfig, window_starts
-from attrcli.methods import occlusion, rise
-from attrcli.methods._perturb import gather
 from attrcli.methods.rise import RISE, MaskSource, RISEConfig
 from attrcli.methods.scorecam import ScoreCAM, normalised_masks
 from attrcli.models.adapter import ModelAdapter
+from attrcli.settings import SETTINGS as REGISTERED_SETTINGS
 from attrcli.settings import create_setting
-from attrcli.store import read_artifact, write_artifact
+from attrcli.stages.attribute import attribute
+from attrcli.store import read_artifact
 
 CELL, CLASSES, N = 8, 5, 2
-SETTINGS = ("gridpg", "difull", "dipart")
+SETTINGS = REGISTERED_SETTINGS.names()  # every registered setting
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: many small ops
 LAYERS = (("input", -1), ("final", 4))
-
-
-def conv_model(seed: int = 0, cell: int = CELL) -> ModelAdapter:
-    """Two convolutions with a linear head (on 8-pixel cells the final map is 4×4 per cell)."""
-    torch.manual_seed(seed)
-    feats = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU()
-    )
-    linear = nn.Linear(6 * (cell // 2) ** 2, CLASSES)
-    module = nn.Sequential(feats, nn.Flatten(), linear).double().eval()
-    return ModelAdapter(
-        name="tiny-conv", module=module, blocks=[(f"0.{i}", m) for i, m in enumerate(feats)],
-        head=lambda f: linear(f.flatten(1)), gap_head=False, aliases={"middle": "0.2", "final": "0.4"},
-        stage_layers=["0.1", "0.4"], cell_size=cell, num_classes=CLASSES, mean=(0, 0, 0), std=(1, 1, 1),
-    )
-
-
-def linear_model(seed: int = 0) -> ModelAdapter:
-    """One identity block and a linear head: every logit is linear in the layer's map."""
-    torch.manual_seed(seed)
-    linear = nn.Linear(3 * CELL * CELL, CLASSES).double()
-    module = nn.Sequential(nn.Identity(), nn.Flatten(), linear).eval()
-    return ModelAdapter(
-        name="tiny-linear", module=module, blocks=[("0", module[0])], head=lambda f: linear(f.flatten(1)),
-        gap_head=False, aliases={"middle": "0", "final": "0"}, stage_layers=["0"], cell_size=CELL,
-        num_classes=CLASSES, mean=(0, 0, 0), std=(1, 1, 1),
-    )
 
 
 def context(
@@ -171,7 +145,7 @@ def rise_reference(ctx, config):
 @pytest.mark.parametrize("layer,index", LAYERS)
 @pytest.mark.parametrize("k,s,scheme", [(3, 2, "paper"), (4, 2, "paper"), (3, 2, "inside")])
 @pytest.mark.parametrize("path", ["incremental", "plain, masks made once", "plain, masks made per batch"])
-def test_occlusion_equals_plain_loop(setting, layer, index, k, s, scheme, path, monkeypatch):
+def test_occlusion_equals_plain_loop(setting, layer, index, k, s, scheme, path, monkeypatch, conv_model):
     if path != "incremental":  # the full recomputation of every window
         monkeypatch.setattr(occlusion, "INCREMENTAL", False)
     if path.endswith("per batch"):  # the path of maps too large for a table of every window mask
@@ -183,20 +157,20 @@ def test_occlusion_equals_plain_loop(setting, layer, index, k, s, scheme, path, 
 
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("layer,index", LAYERS)
-def test_ablationcam_equals_plain_loop(setting, layer, index):
+def test_ablationcam_equals_plain_loop(setting, layer, index, conv_model):
     ctx = context(conv_model(), setting, layer, index, grids=2)
     torch.testing.assert_close(AblationCAM().attribute(ctx), ablation_reference(ctx))
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("layer,index", LAYERS)
-def test_scorecam_equals_plain_loop_on_the_evaluated_head(setting, layer, index):
+def test_scorecam_equals_plain_loop_on_the_evaluated_head(setting, layer, index, conv_model):
     ctx = context(conv_model(), setting, layer, index, grids=2)
     torch.testing.assert_close(ScoreCAM().attribute(ctx), scorecam_reference(ctx))
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_rise_equals_plain_loop(setting):
+def test_rise_equals_plain_loop(setting, conv_model):
     config = RISEConfig(masks=6, s=3, p=0.5)
     ctx = context(conv_model(), setting, "final", 4, grids=2)
     torch.testing.assert_close(RISE(config).attribute(ctx), rise_reference(ctx, config))
@@ -229,7 +203,7 @@ HAND_STARTS = {
 
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("k,s,scheme", list(HAND_STARTS))
-def test_occlusion_linear_closed_form(setting, k, s, scheme):
+def test_occlusion_linear_closed_form(setting, k, s, scheme, linear_model):
     """On a linear model a window's drop is the sum of the contributions it hides: the map
     follows in closed form from hand-listed windows, overhanging ones clipped to the map."""
     ctx = context(linear_model(), setting)
@@ -288,7 +262,7 @@ def test_occlusion_by_hand_on_a_4x4_map():
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_ablationcam_linear_closed_form(setting):
+def test_ablationcam_linear_closed_form(setting, linear_model):
     ctx = context(linear_model(), setting)
     A, g = linear_gradient(ctx)
     y = torch.stack([torch.stack([full_scores(ctx, A[b], b, t) for t in range(ctx.targets.count)])
@@ -299,7 +273,7 @@ def test_ablationcam_linear_closed_form(setting):
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_rise_all_ones_masks_give_the_softmax(setting):
+def test_rise_all_ones_masks_give_the_softmax(setting, conv_model):
     ctx = context(conv_model(), setting, "final", 4)
     maps = RISE(RISEConfig(masks=7, s=3, p=1.0)).attribute(ctx)
     A = ctx.setting.to_map(ctx.activations)
@@ -358,7 +332,7 @@ def test_gather_copies_rows_in_the_tensors_own_layout(layout):
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_seeded_rise_reruns_identically_whatever_the_batch_size(setting):
+def test_seeded_rise_reruns_identically_whatever_the_batch_size(setting, conv_model):
     config = RISEConfig(masks=10, s=3, p=0.3)
     first = RISE(config).attribute(context(conv_model(), setting, batch_size=3))
     again = RISE(config).attribute(context(conv_model(), setting, batch_size=7))
@@ -367,7 +341,7 @@ def test_seeded_rise_reruns_identically_whatever_the_batch_size(setting):
     assert torch.equal(first, other)
 
 
-def test_difull_occlusion_at_the_input_stays_near_the_target_cell():
+def test_difull_occlusion_at_the_input_stays_near_the_target_cell(conv_model):
     """Supplement B.2: near-perfect localisation; leakage only from windows straddling a border."""
     ctx = context(conv_model(cell=16), "difull", grids=4)
     k = 2
@@ -385,7 +359,7 @@ def test_difull_occlusion_at_the_input_stays_near_the_target_cell():
         assert score.min() > 0.85
 
 
-def test_scorecam_constant_channel_gives_no_nan():
+def test_scorecam_constant_channel_gives_no_nan(conv_model):
     model = conv_model()
     conv = model.blocks[3][1]
     with torch.no_grad():
@@ -398,7 +372,7 @@ def test_scorecam_constant_channel_gives_no_nan():
         torch.testing.assert_close(maps, scorecam_reference(ctx))
 
 
-def test_difull_scorecam_weights_come_from_the_explained_cell():
+def test_difull_scorecam_weights_come_from_the_explained_cell(conv_model):
     """Changing a cell no target explains leaves the weights (and so the target cells' maps) alone."""
     before_ctx = context(conv_model(), "difull", "final", 4, grids=2, cells="0,3")
     changed = before_ctx.x.clone()
@@ -428,30 +402,12 @@ def test_presets_and_validation():
 # --- end to end through the engine ------------------------------------------------------------
 
 
-def grid_file(path, variant, count=3):
-    rng = np.random.default_rng(0)
-    size = N * CELL
-    labels = np.stack([rng.permutation(CLASSES)[: N * N] for _ in range(count)])
-    if variant == "corners":  # the two corners hold one class
-        labels[:, -1] = labels[:, 0]
-    return write_artifact(
-        path,
-        data={
-            "images": rng.standard_normal((count, 3, size, size)).astype(np.float32),
-            "labels": labels.astype(np.int64),
-            "sources": np.arange(count * N * N, dtype=np.int64).reshape(count, N * N),
-        },
-        attrs={"dataset": "toy", "variant": variant, "n": N, "cell_size": CELL, "mean": [0, 0, 0],
-               "std": [1, 1, 1], "seed": 0, "class_names": [str(i) for i in range(CLASSES)]},
-    )
-
-
 @pytest.mark.parametrize("setting,variant", [("gridpg", "distinct"), ("difull", "corners")])
-def test_engine_writes_each_method_with_its_parameters_in_the_key(tmp_path, monkeypatch, setting, variant):
+def test_engine_writes_each_method_with_its_parameters_in_the_key(tmp_path, monkeypatch, setting, variant, conv_model, toy_grid_file):
     monkeypatch.chdir(tmp_path)
     model = conv_model()
     model.module.float()
-    path = grid_file(tmp_path / "data" / "grids" / "toy.h5", variant)
+    path = toy_grid_file(tmp_path / "data" / "grids" / "toy.h5", variant)
     specs = "occlusion:k=3,s=2,rise:masks=12,scorecam,ablationcam"
     results = attribute(grids=path, setting=setting, model=model, layers="input,final", methods=specs,
                         cache_root=tmp_path / "cache", batch_size=2)

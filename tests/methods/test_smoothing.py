@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from torch import nn
 
-from attrcli.engine.attribute import attribute
 from attrcli.engine.context import AttributionContext
 from attrcli.errors import UserError
 from attrcli.methods import parse_method
@@ -25,12 +23,14 @@ from attrcli.methods.smoothing import (
     gaussian_smooth,
     paper_kernels,
 )
-from attrcli.models.adapter import ModelAdapter
+from attrcli.settings import SETTINGS as REGISTERED_SETTINGS
 from attrcli.settings import create_setting
-from attrcli.store import read_artifact, write_artifact
+from attrcli.stages.attribute import attribute
+from attrcli.store import read_artifact
 
 CELL, CLASSES, N = 8, 5, 2
-SETTINGS = ("gridpg", "difull", "dipart")
+SETTINGS = REGISTERED_SETTINGS.names()  # every registered setting
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: many small ops
 
 
 # --- Gaussian smoothing ---------------------------------------------------------------------------
@@ -80,29 +80,6 @@ def test_presets_and_validation():
 # --- SmoothGrad -------------------------------------------------------------------------------------
 
 
-def conv_model(seed: int = 0) -> ModelAdapter:
-    torch.manual_seed(seed)
-    feats = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-    linear = nn.Linear(4 * (CELL // 2) ** 2, CLASSES)
-    module = nn.Sequential(feats, nn.Flatten(), linear).double().eval()
-    return ModelAdapter(
-        name="tiny-conv", module=module, blocks=[(f"0.{i}", m) for i, m in enumerate(feats)],
-        head=lambda f: linear(f.flatten(1)), gap_head=False, aliases={"middle": "0.1", "final": "0.2"},
-        stage_layers=["0.1"], cell_size=CELL, num_classes=CLASSES, mean=(0, 0, 0), std=(1, 1, 1),
-    )
-
-
-def linear_model(seed: int = 0) -> ModelAdapter:
-    torch.manual_seed(seed)
-    linear = nn.Linear(3 * CELL * CELL, CLASSES).double()
-    module = nn.Sequential(nn.Identity(), nn.Flatten(), linear).eval()
-    return ModelAdapter(
-        name="tiny-linear", module=module, blocks=[("0", module[0])], head=lambda f: linear(f.flatten(1)),
-        gap_head=False, aliases={"middle": "0", "final": "0"}, stage_layers=["0"], cell_size=CELL,
-        num_classes=CLASSES, mean=(0, 0, 0), std=(1, 1, 1),
-    )
-
-
 def context(model, setting_name, layer="input", layer_index=-1, *, seed=0, batch_size=3):
     setting = create_setting(setting_name, model, N)
     gen = torch.Generator().manual_seed(1)
@@ -116,7 +93,7 @@ def context(model, setting_name, layer="input", layer_index=-1, *, seed=0, batch
 
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("layer,index", [("input", -1), ("middle", 1)])
-def test_zero_noise_gives_the_base_method(setting, layer, index):
+def test_zero_noise_gives_the_base_method(setting, layer, index, conv_model):
     ctx = context(conv_model(), setting, layer, index)
     sg_ixg = SmoothGradIxG(dataclasses.replace(SmoothGradIxG.Config(), noise=0.0, samples=2))
     torch.testing.assert_close(sg_ixg.attribute(ctx), gradient_maps(InputXGradient(), ctx))
@@ -125,7 +102,7 @@ def test_zero_noise_gives_the_base_method(setting, layer, index):
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_ixg_maps_agree_with_the_engines_gradient_pass(setting):
+def test_ixg_maps_agree_with_the_engines_gradient_pass(setting, conv_model):
     from attrcli.engine.gradients import gradient_pass
 
     ctx = context(conv_model(), setting, "middle", 1)
@@ -134,7 +111,7 @@ def test_ixg_maps_agree_with_the_engines_gradient_pass(setting):
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_noise_is_seeded_and_scales_with_the_input_range(setting):
+def test_noise_is_seeded_and_scales_with_the_input_range(setting, linear_model):
     ctx = context(linear_model(), setting)
     base = gradient_maps(InputXGradient(), ctx)
     small = SmoothGradIxG(SmoothGradIxG.Config(noise=0.1, samples=3)).attribute(ctx)
@@ -148,7 +125,7 @@ def test_noise_is_seeded_and_scales_with_the_input_range(setting):
     assert not torch.equal(small, other)
 
 
-def test_noise_is_relative_to_each_grid_images_range():
+def test_noise_is_relative_to_each_grid_images_range(linear_model):
     """Scaling one grid image scales its noise too, so IxG of a linear model scales with it."""
     ctx = context(linear_model(), "gridpg")
     scaled_x = ctx.x.clone()
@@ -163,27 +140,11 @@ def test_noise_is_relative_to_each_grid_images_range():
 # --- end to end through the engine -----------------------------------------------------------------
 
 
-def grid_file(path, count=3):
-    rng = np.random.default_rng(0)
-    size = N * CELL
-    labels = np.stack([rng.permutation(CLASSES)[: N * N] for _ in range(count)])
-    return write_artifact(
-        path,
-        data={
-            "images": rng.standard_normal((count, 3, size, size)).astype(np.float32),
-            "labels": labels.astype(np.int64),
-            "sources": np.arange(count * N * N, dtype=np.int64).reshape(count, N * N),
-        },
-        attrs={"dataset": "toy", "variant": "distinct", "n": N, "cell_size": CELL, "mean": [0, 0, 0],
-               "std": [1, 1, 1], "seed": 0, "class_names": [str(i) for i in range(CLASSES)]},
-    )
-
-
-def test_engine_derives_every_k_from_one_cached_base(tmp_path, monkeypatch):
+def test_engine_derives_every_k_from_one_cached_base(tmp_path, monkeypatch, conv_model, toy_grid_file):
     monkeypatch.chdir(tmp_path)
     model = conv_model()
     model.module.float()
-    path = grid_file(tmp_path / "toy.h5")
+    path = toy_grid_file(tmp_path / "toy.h5")
     results = attribute(
         grids=path, setting="gridpg", model=model, layers="input",
         methods="s-intgrad:k=3,s-intgrad:k=5,s-ixg:k=1,smoothgrad-ixg:samples=2", cache_root=tmp_path / "cache",

@@ -9,8 +9,13 @@ import pytest
 from scipy.stats import spearmanr
 
 from attrcli.errors import UserError
-from attrcli.metrics import stages
+from attrcli.metrics.intervals import BootstrapConfig
 from attrcli.metrics.selection import select_keys, split_methods
+from attrcli.metrics.summary import summarize
+from attrcli.stages.aggatt import aggatt
+from attrcli.stages.caching import COMPUTED, FORCED, STALE, UP_TO_DATE
+from attrcli.stages.correlate import correlate
+from attrcli.stages.score import SCORE_CONFIG, score
 from attrcli.store import ArtifactKey, content_hash, file_hash, read_artifact, read_provenance
 
 CACHE = Path("cache")
@@ -31,8 +36,8 @@ def test_score_writes_scores_numerators_and_provenance(workdir, grid_file, fakes
     maps = np.zeros((3, 4, 8, 8))
     maps[:, :, :4, :4] = 1.0  # every target's map lies in the top-left cell
     attribution = fakes.make_attribution(CACHE, maps, grid_path=grid_file)
-    [result] = stages.score(attribution_paths=[attribution])
-    assert result.status == stages.COMPUTED
+    [result] = score(attribution_paths=[attribution])
+    assert result.status == COMPUTED
     assert result.path == Path("cache/scores/toy/gridpg/digits-vgg11/input/grad.h5")
     artifact = read_artifact(result.path)
     # upsampling 8 -> 64 leaks a ramp 1 - k/8 (k = 1/2 .. 15/2) across the cell border: each
@@ -47,28 +52,28 @@ def test_score_writes_scores_numerators_and_provenance(workdir, grid_file, fakes
 
 def test_rerun_is_up_to_date_and_changed_attribution_is_recomputed(workdir, grid_file, fakes):
     attribution = fakes.make_attribution(CACHE, target_maps(6, 3.0), grid_path=grid_file)
-    [first] = stages.score(attribution_paths=[attribution])
+    [first] = score(attribution_paths=[attribution])
     before = read_artifact(first.path).data["scores"]
-    [again] = stages.score(attribution_paths=[attribution])
-    assert again.status == stages.UP_TO_DATE
+    [again] = score(attribution_paths=[attribution])
+    assert again.status == UP_TO_DATE
     fakes.make_attribution(CACHE, target_maps(6, 0.0, seed=1), grid_path=grid_file)
-    [stale] = stages.score(attribution_paths=[attribution])
-    assert stale.status == stages.STALE
+    [stale] = score(attribution_paths=[attribution])
+    assert stale.status == STALE
     after = read_artifact(stale.path)
     assert not np.allclose(after.data["scores"], before)
     assert after.provenance["inputs"]["attribution"] == file_hash(attribution)
-    assert stages.score(attribution_paths=[attribution], force=True)[0].status == stages.FORCED
+    assert score(attribution_paths=[attribution], force=True)[0].status == FORCED
 
 
 def test_bad_input_writes_nothing(workdir, grid_file, fakes):
     good = fakes.make_attribution(CACHE, target_maps(2, 1.0), grid_path=grid_file)
     with pytest.raises(UserError, match="no such file"):
-        stages.score(attribution_paths=[good, CACHE / "attributions/toy/gridpg/m/input/nope.h5"])
+        score(attribution_paths=[good, CACHE / "attributions/toy/gridpg/m/input/nope.h5"])
     shard = fakes.make_attribution(
         CACHE, target_maps(2, 1.0), grid_path=grid_file, method="grad.shard-0-of-2"
     )
     with pytest.raises(UserError, match="attrcli merge"):
-        stages.score(attribution_paths=[good, shard])
+        score(attribution_paths=[good, shard])
     difull = fakes.make_attribution(
         CACHE,
         target_maps(2, 1.0, targets=2),
@@ -78,15 +83,15 @@ def test_bad_input_writes_nothing(workdir, grid_file, fakes):
         heads=[0, 3],
     )
     with pytest.raises(UserError, match="has no target at cell 1; evaluated cells: \\[0, 3\\]"):
-        stages.aggatt(paths=[good, difull], cell=1)
+        aggatt(paths=[good, difull], cell=1)
     assert not (CACHE / "scores").exists() and not (CACHE / "aggatt").exists()
 
 
 def test_aggatt_from_score_path_computes_missing_scores_and_tracks_them(workdir, grid_file, fakes):
     attribution = fakes.make_attribution(CACHE, target_maps(50, 1.0), grid_path=grid_file)
     score_path = ArtifactKey.from_path(attribution).with_stage("scores").path(CACHE)
-    [result] = stages.aggatt(paths=[score_path])
-    assert score_path.exists() and result.status == stages.COMPUTED
+    [result] = aggatt(paths=[score_path])
+    assert score_path.exists() and result.status == COMPUTED
     artifact = read_artifact(result.path)
     assert artifact.data["bins"].shape == (6, 64, 64) and artifact.data["bins"].dtype == np.float32
     assert artifact.data["counts"].tolist() == [1, 2, 22, 23, 1, 1]
@@ -102,10 +107,10 @@ def test_aggatt_from_score_path_computes_missing_scores_and_tracks_them(workdir,
         "attribution": file_hash(attribution),
         "scores": content_hash(scores["scores"], scores["numerators"]),
     }
-    assert stages.aggatt(paths=[attribution])[0].status == stages.UP_TO_DATE
+    assert aggatt(paths=[attribution])[0].status == UP_TO_DATE
     fakes.make_attribution(CACHE, target_maps(50, 2.0, seed=3), grid_path=grid_file)
-    assert stages.aggatt(paths=[attribution])[0].status == stages.STALE
-    assert stages.aggatt(paths=[attribution], cell=1)[0].status == stages.STALE  # config changed
+    assert aggatt(paths=[attribution])[0].status == STALE
+    assert aggatt(paths=[attribution], cell=1)[0].status == STALE  # config changed
 
 
 def test_correlate_matches_scipy_and_is_cached(workdir, grid_file, fakes):
@@ -113,8 +118,8 @@ def test_correlate_matches_scipy_and_is_cached(workdir, grid_file, fakes):
         fakes.make_attribution(CACHE, target_maps(20, s, seed=i), grid_path=grid_file, method=m)
         for i, (m, s) in enumerate([("grad", 0.5), ("ixg", 1.0), ("gradcam", 2.0)])
     ]
-    scored = [r.path for r in stages.score(attribution_paths=paths)]
-    result = stages.correlate(score_paths=scored)
+    scored = [r.path for r in score(attribution_paths=paths)]
+    result = correlate(score_paths=scored)
     vectors = np.stack([read_artifact(p).data["scores"].ravel() for p in scored])
     np.testing.assert_allclose(result.matrix, spearmanr(vectors.T).statistic, rtol=1e-12)
     assert (
@@ -133,10 +138,10 @@ def test_correlate_matches_scipy_and_is_cached(workdir, grid_file, fakes):
     assert set(stored.provenance["inputs"].values()) == {
         content_hash(read_artifact(p).data["scores"]) for p in scored
     }
-    assert stages.correlate(score_paths=scored).status == stages.UP_TO_DATE
+    assert correlate(score_paths=scored).status == UP_TO_DATE
     fakes.make_attribution(CACHE, target_maps(20, 0.1, seed=9), grid_path=grid_file, method="ixg")
-    again = stages.correlate(score_paths=paths)  # attribution paths: the stale score is redone
-    assert again.status == stages.STALE and not np.allclose(again.matrix, result.matrix)
+    again = correlate(score_paths=paths)  # attribution paths: the stale score is redone
+    assert again.status == STALE and not np.allclose(again.matrix, result.matrix)
 
 
 def test_correlate_against_a_reference_gives_one_row(workdir, grid_file, fakes):
@@ -147,11 +152,11 @@ def test_correlate_against_a_reference_gives_one_row(workdir, grid_file, fakes):
             CACHE, target_maps(20, 1.0, seed=i), grid_path=grid_file, layer=layer, method=method
         )
     keys = select_keys(cache_root=CACHE, grids="toy", layers=["input"], methods=["s-ixg"])
-    result = stages.correlate(keys=keys, reference="final/gradcam", cache_root=CACHE, name="tab1")
+    result = correlate(keys=keys, reference="final/gradcam", cache_root=CACHE, name="tab1")
     assert result.rows == ["gridpg/digits-vgg11/final/gradcam"]
     assert [c.split("/")[-1] for c in result.columns] == ["s-ixg:k=9", "s-ixg:k=17"]
     assert result.matrix.shape == (1, 2) and result.path == CACHE / "correlations/tab1.h5"
-    full = stages.correlate(
+    full = correlate(
         keys=keys + select_keys(cache_root=CACHE, grids="toy", layers=["final"]), cache_root=CACHE
     )
     np.testing.assert_allclose(result.matrix[0], full.matrix[2, :2], rtol=1e-12)
@@ -162,7 +167,7 @@ def test_correlate_refuses_keys_over_different_attributions(workdir, grid_file, 
     other_grid = fakes.make_grid_file(workdir / "data/grids/other.h5", seed=1)
     b = fakes.make_attribution(CACHE, target_maps(4, 1.0), grid_path=other_grid)
     with pytest.raises(UserError, match="different grid files"):
-        stages.correlate(score_paths=[a, b])
+        correlate(score_paths=[a, b])
     c = fakes.make_attribution(
         CACHE,
         target_maps(4, 1.0, targets=2),
@@ -172,10 +177,10 @@ def test_correlate_refuses_keys_over_different_attributions(workdir, grid_file, 
         heads=[0, 3],
     )
     with pytest.raises(UserError, match="different cells"):
-        stages.correlate(score_paths=[a, c])
+        correlate(score_paths=[a, c])
     assert not (CACHE / "scores").exists() and not (CACHE / "correlations").exists()
     with pytest.raises(UserError, match="invalid correlation name"):
-        stages.correlate(score_paths=[a], name="../x")
+        correlate(score_paths=[a], name="../x")
 
 
 def test_summarize_gives_quartiles_mean_and_share_of_perfect(workdir, grid_file, fakes):
@@ -185,7 +190,7 @@ def test_summarize_gives_quartiles_mean_and_share_of_perfect(workdir, grid_file,
     maps[2, 0] = -1.0  # 0.0
     maps[3, 0, :32, :] = 1.0  # 0.5
     attribution = fakes.make_attribution(CACHE, maps, grid_path=grid_file, cells=[0])
-    [row] = stages.summarize([stages.score(attribution_paths=[attribution])[0].path])
+    [row] = summarize([score(attribution_paths=[attribution])[0].path])
     assert (row.count, row.median, row.mean, row.perfect, row.chance) == (
         4,
         0.375,
@@ -245,7 +250,23 @@ def test_split_methods_keeps_configs_together():
 
 def test_score_artifact_provenance_config_is_recorded(workdir, grid_file, fakes):
     attribution = fakes.make_attribution(CACHE, target_maps(2, 1.0), grid_path=grid_file)
-    [result] = stages.score(attribution_paths=[attribution], cache_root=workdir / "elsewhere")
+    [result] = score(attribution_paths=[attribution], cache_root=workdir / "elsewhere")
     assert result.path.is_relative_to(workdir / "elsewhere")
     config = read_provenance(result.path)["config"]
-    assert config == {**stages.SCORE_CONFIG, "intervals": stages.BootstrapConfig().to_dict()}
+    assert config == {**SCORE_CONFIG, "intervals": BootstrapConfig().to_dict()}
+
+
+def test_a_grid_name_with_glob_characters_and_spaces_is_taken_literally(workdir, fakes):
+    odd = fakes.make_grid_file(workdir / "data/grids/toy [12].h5")
+    look_alike = fakes.make_grid_file(workdir / "data/grids/toy 1.h5", seed=1)
+    for method in ("grad", "ixg"):
+        fakes.make_attribution(CACHE, target_maps(8, 1.0), grid_path=odd, method=method)
+    fakes.make_attribution(CACHE, target_maps(8, 1.0), grid_path=look_alike, method="gradcam")
+    shard = ArtifactKey("attributions", "toy [12]", "gridpg", "digits-vgg11", "input", "rise",
+                        shard=(0, 2)).path(CACHE)
+    shard.write_bytes(b"a shard is no key of its own")
+    keys = select_keys(cache_root=CACHE, grids=odd)
+    assert [(k.grids, k.method) for k in keys] == [("toy [12]", "grad"), ("toy [12]", "ixg")]
+    result = correlate(keys=keys, cache_root=CACHE)  # the default name holds the grid name
+    assert result.path.parent == CACHE / "correlations" and result.path.name.startswith("toy [12].")
+    assert result.matrix[0, 1] == pytest.approx(1.0)

@@ -15,7 +15,7 @@ from attrcli.engine.guided import guided_problem
 from attrcli.errors import UserError
 from attrcli.models import MODELS, create_model
 from tests.engine.helpers import grid_images, resnet18, write_grids
-from tests.models.tiny_families import BUILDERS, CELL, tiny
+from tests.models.tiny_families import CELL, tiny
 
 runner = CliRunner()
 NEW_FAMILIES = {
@@ -69,9 +69,8 @@ def test_default_weights_are_never_downloaded(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", list(BUILDERS))
-def test_blocks_then_head_are_the_models_own_forward(name):
-    model = tiny(name)
+def test_blocks_then_head_are_the_models_own_forward(tiny_family):
+    model = tiny_family
     x = grid_images(3, n=1, cell=CELL)
     with torch.no_grad():
         torch.testing.assert_close(model.logits(x), model.module(x), rtol=1e-12, atol=1e-12)

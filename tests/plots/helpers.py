@@ -101,7 +101,7 @@ def bump_maps(count: int = 20, *, targets: int = 4, size: int = 8, strength: flo
 def aggatt_study(fakes, *, layers=("input", "final"), methods=("gradcam", "grad"),
                  cell: int = 0, count: int = 20) -> dict:
     """A grid file and AggAtt artifacts (through the real ``aggatt`` stage) per layer and method."""
-    from attrcli.metrics import stages
+    from attrcli.stages.aggatt import aggatt
 
     grid = fakes.make_grid_file(Path("data/grids/toy.h5"), count=count)
     attributions = {}
@@ -111,6 +111,6 @@ def aggatt_study(fakes, *, layers=("input", "final"), methods=("gradcam", "grad"
                 CACHE, bump_maps(count, strength=0.5 + i + j, seed=10 * i + j), grid_path=grid,
                 layer=layer, method=method,
             )
-    results = stages.aggatt(paths=list(attributions.values()), cell=cell)
+    results = aggatt(paths=list(attributions.values()), cell=cell)
     return {"grid": grid, "attributions": attributions,
             "aggatt": {key: r.path for key, r in zip(attributions, results)}}

@@ -55,23 +55,23 @@ def test_the_target_cell_is_outlined(study):
 
 
 def test_bottom_right_cell_for_difull_corners(workdir, helpers, fakes):
-    from attrcli.metrics import stages
+    from attrcli.stages.aggatt import aggatt
 
     grid = fakes.make_grid_file(workdir / "data" / "grids" / "toy.h5", count=12)
     attribution = fakes.make_attribution(
         helpers.CACHE, helpers.bump_maps(12, targets=2, seed=3), grid_path=grid,
         setting="difull", cells=[0, 3], heads=[0, 3],
     )
-    (result,) = stages.aggatt(paths=[attribution], cell=3)
+    (result,) = aggatt(paths=[attribution], cell=3)
     fig = build_aggatt(aggatt_paths=[result.path])
     assert _outline(fig.axes[0]).get_xy() == (31.5, 31.5)
     assert "target cell 3" in fig.get_suptitle()
 
 
 def test_png_is_drawn_and_score_paths_find_their_aggatt(study, helpers, workdir):
-    from attrcli.metrics import stages
+    from attrcli.stages.score import score
 
-    scores = stages.score(attribution_paths=list(study["attributions"].values()))
+    scores = score(attribution_paths=list(study["attributions"].values()))
     out = plot_aggatt(aggatt_paths=[r.path for r in scores], out=workdir / "aggatt.png")
     helpers.assert_drawn(out)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from attrcli.errors import UserError
-from attrcli.metrics import stages
 from attrcli.plots import build_correlation, plot_correlation
+from attrcli.stages.correlate import correlate
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_a_stored_correlation_artifact_is_plotted_as_is(workdir, helpers, fakes)
         for s, (layer, method) in enumerate([("input", "grad"), ("final", "gradcam"),
                                              ("input", "intgrad")])
     ]
-    result = stages.correlate(score_paths=paths, reference="final/gradcam")
+    result = correlate(score_paths=paths, reference="final/gradcam")
     fig = build_correlation(paths=[result.path])
     heat = fig.axes[0]
     assert [t.get_text() for t in heat.get_yticklabels()] == ["final/gradcam"]

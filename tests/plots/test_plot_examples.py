@@ -58,12 +58,12 @@ def test_rows_in_display_order_and_png_drawn(study, helpers, workdir):
 
 
 def test_empty_bins_are_marked(workdir, helpers, fakes):
-    from attrcli.metrics import stages
+    from attrcli.stages.aggatt import aggatt
 
     grid = fakes.make_grid_file(workdir / "data" / "grids" / "toy.h5", count=3)
     attribution = fakes.make_attribution(helpers.CACHE, helpers.bump_maps(3, seed=2),
                                          grid_path=grid)
-    (result,) = stages.aggatt(paths=[attribution])
+    (result,) = aggatt(paths=[attribution])
     counts = read_artifact(result.path).data["counts"]
     fig = build_examples(aggatt_paths=[result.path])
     (pairs,) = example_axes(fig)

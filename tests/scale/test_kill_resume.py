@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 import attrcli.engine.attribute as engine
+from attrcli.stages.attribute import attribute
 from attrcli.store import read_artifact
 from tests.scale.helpers import MODEL, grids, subprocess_env
 
@@ -36,10 +37,10 @@ def test_sigkill_then_resume(tmp_path, monkeypatch):
     computed: list[int] = []
     real = engine.compute_maps
     monkeypatch.setattr(engine, "compute_maps", lambda s, x, *a, **k: computed.append(len(x)) or real(s, x, *a, **k))
-    (result,) = engine.attribute(grids=g, setting="gridpg", model=MODEL, layers="input", methods=METHOD,
+    (result,) = attribute(grids=g, setting="gridpg", model=MODEL, layers="input", methods=METHOD,
                                  batch_size=1, cache_root=tmp_path / "cache")
     assert result.status == "resumed" and len(computed) == COUNT - len(done) and not partial.exists()
-    (reference,) = engine.attribute(grids=g, setting="gridpg", model=MODEL, layers="input", methods=METHOD,
+    (reference,) = attribute(grids=g, setting="gridpg", model=MODEL, layers="input", methods=METHOD,
                                     batch_size=1, cache_root=tmp_path / "ref")
     resumed, ref = read_artifact(result.path), read_artifact(reference.path)
     assert np.array_equal(resumed.data["maps"], ref.data["maps"]) and np.array_equal(resumed.data["grid_index"], np.arange(COUNT))

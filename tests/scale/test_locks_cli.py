@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import attrcli.engine.attribute as engine
+import attrcli.stages.attribute as stage
 from attrcli.cli.main import app
 from attrcli.store import SCHEMA_VERSION, read_artifact, write_artifact
 from tests.scale.helpers import MODEL, grids, subprocess_env
@@ -112,9 +113,9 @@ def test_a_writer_that_waited_finds_the_artifact_done(tmp_path, monkeypatch):
     g = grids(tmp_path, count=2)
     run = dict(grids=g, setting="gridpg", model="digits-vgg11", weights="random", layers="input",
                methods="grad", batch_size=2)
-    (done,) = engine.attribute(**run, cache_root=tmp_path / "theirs")
+    (done,) = stage.attribute(**run, cache_root=tmp_path / "theirs")
     target = tmp_path / "mine" / done.path.relative_to(tmp_path / "theirs")
-    real_lock = engine.artifact_lock
+    real_lock = stage.artifact_lock
 
     @contextmanager
     def lock_after_the_holder(path, wait=False):
@@ -123,7 +124,7 @@ def test_a_writer_that_waited_finds_the_artifact_done(tmp_path, monkeypatch):
         with real_lock(path, wait=wait):
             yield
 
-    monkeypatch.setattr(engine, "artifact_lock", lock_after_the_holder)
+    monkeypatch.setattr(stage, "artifact_lock", lock_after_the_holder)
     monkeypatch.setattr(engine, "compute_maps", lambda *a, **k: pytest.fail("computed again"))
-    (result,) = engine.attribute(**run, cache_root=tmp_path / "mine", wait=True)
+    (result,) = stage.attribute(**run, cache_root=tmp_path / "mine", wait=True)
     assert result.status == "up to date" and result.path == target

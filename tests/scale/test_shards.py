@@ -8,9 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from attrcli.engine.attribute import attribute
-from attrcli.engine.shards import merge, merge_all, parse_shard, shard_paths, shard_rows
+from attrcli.engine.shards import parse_shard, shard_paths, shard_rows
 from attrcli.errors import UserError
+from attrcli.stages.attribute import attribute
+from attrcli.stages.merge import merge, merge_all
 from attrcli.store import read_artifact, write_artifact
 from tests.scale.helpers import MODEL, grids, same_artifact
 

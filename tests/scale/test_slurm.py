@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from attrcli.engine.attribute import attribute
+from attrcli.stages.attribute import attribute
 from attrcli.store import read_artifact
 from tests.engine.helpers import write_grids
 from tests.scale.helpers import MODEL, same_artifact, subprocess_env
@@ -183,7 +183,7 @@ def test_run_study_with_slurm_launcher(tmp_path, monkeypatch, trained_digits_cac
     from typer.testing import CliRunner
 
     from attrcli.cli.main import app
-    from attrcli.study import PRESETS, StudyPreset
+    from attrcli.stages.run import PRESETS, StudyPreset
 
     if "slurm-digits" not in PRESETS.names():
         PRESETS.register("slurm-digits")(StudyPreset(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from attrcli.engine import launch
 from attrcli.errors import UserError
+from attrcli.stages import launch
 from tests.scale.helpers import MODEL, grids
 
 FAILED = (
@@ -94,8 +94,8 @@ def test_slurm_tasks_end_when_they_leave_the_queue(tmp_path, monkeypatch):
 
 def test_slurm_launcher_without_sbatch_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr(launch.shutil, "which", lambda name: None)
-    job = dict(grids=grids(tmp_path, count=2), setting=["gridpg"], model=MODEL, layers=["input"], methods=["grad"])
-    common = dict(device="cpu", batch_size=2, force=False, cache_root=tmp_path / "c", weights=None, progress=None)
+    request = launch.AttributeRequest(grids=grids(tmp_path, count=2), setting=["gridpg"], model=MODEL, layers=["input"],
+                                      methods=["grad"], device="cpu", batch_size=2, cache_root=tmp_path / "c")
     with pytest.raises(UserError, match="--launcher slurm needs SLURM's sbatch on PATH"):
-        launch.launch_attribute(job=job, launcher="slurm", options={}, common=common)
+        launch.launch_attribute(request, launch.LaunchOptions(launcher="slurm"))
     assert not (tmp_path / "c").exists()

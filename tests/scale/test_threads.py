@@ -13,6 +13,7 @@ import attrcli.engine.attribute as engine
 from attrcli import threads
 from attrcli.models import create_model
 from attrcli.models.training import TrainConfig, train_classifier
+from attrcli.stages.attribute import attribute
 from tests.scale.helpers import grids
 
 
@@ -49,9 +50,8 @@ def test_torch_threads_sets_and_restores():
     with threads.torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
-    with pytest.raises(RuntimeError):
-        with threads.torch_threads(1):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), threads.torch_threads(1):
+        raise RuntimeError("boom")
     assert torch.get_num_threads() == before
 
 
@@ -70,6 +70,6 @@ def test_digits_training_and_attribution_run_on_one_thread(tmp_path, monkeypatch
     monkeypatch.setattr(engine, "compute_maps", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
     before = torch.get_num_threads()
     model = create_model("digits-vgg11", weights="random")
-    engine.attribute(grids=grids(tmp_path, count=2), setting="gridpg", model=model, layers="input",
-                     methods="grad", batch_size=2, cache_root=tmp_path / "cache")
+    attribute(grids=grids(tmp_path, count=2), setting="gridpg", model=model, layers="input",
+              methods="grad", batch_size=2, cache_root=tmp_path / "cache")
     assert seen == [1] and torch.get_num_threads() == before

@@ -3,6 +3,7 @@ structural DiFull property, and the combinations that are refused (docs/architec
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -16,19 +17,23 @@ from torchvision.models.vision_transformer import (
 
 from attrcli.errors import UserError
 from attrcli.methods import METHODS
+from attrcli.methods.applicability import check_method, valid_methods
 from attrcli.metrics.localization import localization_scores
 from attrcli.settings import create_setting
-from attrcli.settings.applicability import valid_methods
 from tests.engine.helpers import engine_maps, grid_images, grid_labels
+from tests.methods.registry_helpers import fitted_spec
 from tests.models.tiny_families import BUILDERS, CELL, tiny
+from tests.structure.toy_method import TEST_ONLY
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: many small ops
 FAMILIES = list(BUILDERS)
 CNN_LIKE = [name for name in FAMILIES if name != "tiny-vit"]
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def model(request):
-    return tiny(request.param)
+@pytest.fixture
+def model(tiny_family):
+    """Each tiny family in turn (the ``tiny_family`` fixture of tests/conftest.py)."""
+    return tiny_family
 
 
 def cells_of(x: torch.Tensor, n: int) -> list[torch.Tensor]:
@@ -151,65 +156,72 @@ def _scores(maps: torch.Tensor, cells: list[int]) -> np.ndarray:
     return scores
 
 
+NEVER_ZERO = ("grad", "ixg", "occlusion", "intgrad")  # on these models (CAM methods' ReLUs may zero a map)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
-def test_difull_gradient_maps_are_zero_outside_the_target_cell(name):
-    """The structural claim: exactly zero outside the target cell at every layer, so a score of
-    exactly 1.0 at the input."""
+def test_difull_maps_are_zero_outside_the_target_cell(name):
+    """The structural claim, for every method that declares it (``MethodTesting.difull_exact``)
+    and applies to the family: exactly zero outside the target cell at every layer, so a score
+    of exactly 1.0 at the input."""
     model = tiny(name, dtype=torch.float32)
     setting = create_setting("difull", model, 2)
     x, labels = grid_images(2, cell=CELL, dtype=torch.float32), torch.from_numpy(grid_labels(2, variant="corners"))
     cells = [0, 1, 2, 3]
-    layers = ["input", "middle", "final"]
-    maps = engine_maps(setting, x, labels, cells, layers, ["grad", "ixg"])
-    maps.update(engine_maps(setting, x, labels, cells, ["input"], ["intgrad:steps=4"]))
-    assert len(maps) == 7
+    maps = {}
+    for layer in ("input", "middle", "final"):
+        exact = [m for m in valid_methods(setting, layer) if METHODS.get(m).testing.difull_exact]
+        assert {"grad", "ixg"} <= set(exact)  # gradient methods run at every layer, token layers too
+        maps.update(engine_maps(setting, x, labels, cells, [layer], [METHODS.get(m).testing.spec(m) for m in exact]))
     for (layer, method), value in maps.items():
         outside = ~setting.cell_mask(torch.tensor(cells), value.shape[-2:])
         assert torch.count_nonzero(value * outside[None]) == 0, (layer, method)
-        assert torch.count_nonzero(value * ~outside[None]) > 0, (layer, method)
-        if layer == "input":
-            assert np.all(_scores(value, cells) == 1.0), (method, _scores(value, cells))
-
-
-FAST = {
-    "intgrad": "intgrad:steps=4", "rise": "rise:masks=16", "occlusion": "occlusion:k=8,s=8", "smoothgrad-ixg": "smoothgrad-ixg:samples=2",
-    "smoothgrad-intgrad": "smoothgrad-intgrad:samples=2,steps=2",
-}
+        if method.partition(":")[0] in NEVER_ZERO:
+            assert torch.count_nonzero(value * ~outside[None]) > 0, (layer, method)
+        if layer == "input":  # signed maps without a positive part (CAM ReLUs, LRP) score 0 anywhere
+            positive = (value.flatten(2).amax(-1) > 0).numpy()
+            assert np.all(_scores(value, cells)[positive] == 1.0), (method, _scores(value, cells))
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_every_applicable_method_runs_in_every_applicable_setting(name):
-    """Each family × setting × layer gets maps from every method valid there, finite and not all
-    zero; at token layers (ViT blocks) only gradient methods are valid."""
+def test_methods_that_apply_and_maps_of_those_never_zero_here(name):
+    """Which product methods apply (only gradient methods at token layers: ViT blocks; no guided
+    backprop on GELU models), and maps of the methods that are never zero on these models, in
+    every setting the family defines. (Every method's maps, toy included, run in
+    tests/methods/test_generic_methods.py.)"""
     model = tiny(name, dtype=torch.float32)
     for setting_name in settings_for(model):
         setting = create_setting(setting_name, model, 2)
         variant = "corners" if setting_name in ("difull", "dipart") else "distinct"
         x, labels = grid_images(1, cell=CELL, dtype=torch.float32), torch.from_numpy(grid_labels(1, variant=variant))
         for layer in ("input", "final"):
-            methods = [m for m in valid_methods(setting, layer) if METHODS.get(m).kind != "derived"]
+            valid = valid_methods(setting, layer)
+            computed = [m for m in valid if m not in TEST_ONLY and METHODS.get(m).kind != "derived"]
             if name == "tiny-vit" and layer == "final":
-                assert methods == ["grad", "gradcam", "gradcam++", "ixg", "layercam"]
+                assert computed == ["grad", "gradcam", "gradcam++", "ixg", "layercam"]
+                assert all(METHODS.get(m).kind == "gradient" for m in valid if METHODS.get(m).kind != "derived")
             else:
-                assert "occlusion" in methods and "intgrad" in methods and "guided-backprop" not in methods
-            fast = [FAST.get(m, m) if (m != "occlusion" or layer == "input") else m for m in methods]
+                assert "occlusion" in computed and "intgrad" in computed and "guided-backprop" not in computed
+            fast = [fitted_spec(m, setting, layer) for m in NEVER_ZERO if m in valid]
             maps = engine_maps(setting, x, labels, [0, 3], [layer], fast, batch_size=8)
+            assert len(maps) == len(fast)
             for (_, method), value in maps.items():
                 assert torch.isfinite(value).all(), (setting_name, layer, method)
-                if method.partition(":")[0] in ("grad", "ixg", "occlusion", "intgrad"):  # never zero on these models
-                    assert value.abs().sum() > 0, (setting_name, layer, method)
+                assert value.abs().sum() > 0, (setting_name, layer, method)
 
 
 def test_refused_combinations_name_what_is_valid():
     vit, convnext = tiny("tiny-vit"), tiny("tiny-convnext")
     gridpg = create_setting("gridpg", vit, 2)
-    with pytest.raises(UserError, match=r"^method occlusion cannot run at layer middle of tiny-vit in gridpg: .*token layer.*; valid there: grad, gradcam, gradcam\+\+, ixg, layercam, s-ixg$"):
-        gridpg.check_method(METHODS.get("occlusion"), "middle")
-    gridpg.check_method(METHODS.get("occlusion"), "conv_proj")  # the patch embedding is a map
+    valid = valid_methods(gridpg, "middle")
+    assert [m for m in valid if m not in TEST_ONLY] == ["grad", "gradcam", "gradcam++", "ixg", "layercam", "s-ixg"]
+    with pytest.raises(UserError, match=rf"^method occlusion cannot run at layer middle of tiny-vit in gridpg: .*token layer.*; valid there: {re.escape(', '.join(valid))}$"):
+        check_method(gridpg, METHODS.get("occlusion"), "middle")
+    check_method(gridpg, METHODS.get("occlusion"), "conv_proj")  # the patch embedding is a map
     with pytest.raises(UserError, match=r"guided-backprop cannot run .* ReLU networks and the model has GELU \(features\.1\.0\.block\.4\)"):
-        create_setting("difull", convnext, 2).check_method(METHODS.get("guided-backprop"), "input")
+        check_method(create_setting("difull", convnext, 2), METHODS.get("guided-backprop"), "input")
     with pytest.raises(UserError, match="s-intgrad cannot run at layer final of tiny-vit"):
-        gridpg.check_method(METHODS.get("s-intgrad"), "final")  # derived: checked as its base
+        check_method(gridpg, METHODS.get("s-intgrad"), "final")  # derived: checked as its base
 
 
 def test_method_all_plans_only_the_methods_that_apply():
@@ -217,8 +229,8 @@ def test_method_all_plans_only_the_methods_that_apply():
     explicitly, they are refused."""
     from pathlib import Path
 
-    from attrcli.engine.grids import GridFile
-    from attrcli.engine.jobs import plan_jobs, resolve_methods, wants_all
+    from attrcli.data.gridfile import GridFile
+    from attrcli.stages.plan import plan_jobs, resolve_methods, wants_all
 
     model = tiny("tiny-convnext", dtype=torch.float32)
     setting = create_setting("gridpg", model, 2)

@@ -14,6 +14,8 @@ from attrcli.settings import SETTINGS, DiFull, create_setting
 from attrcli.settings.base import final_feature_size
 from tests.engine.helpers import grid_images, grid_labels, resnet18, tiny_vgg, vgg11
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: many small ops
+
 MODELS = {
     "tiny-vgg": lambda: tiny_vgg(),
     "vgg11": lambda: vgg11(dtype=torch.float64),
@@ -38,7 +40,7 @@ def test_registry_names_and_unknown_setting():
         create_setting("grid", tiny_vgg(), 2)
 
 
-@pytest.mark.parametrize("name", ["gridpg", "difull", "dipart"])
+@pytest.mark.parametrize("name", SETTINGS.names())
 def test_single_cell_wrapper_equals_the_models_own_forward(model, name):
     x = grid_images(3, n=1, cell=model.cell_size)
     with torch.no_grad():
@@ -107,7 +109,7 @@ def test_gridpg_vgg_equals_the_convolutional_classifier_on_224_pixel_cells():
     torch.testing.assert_close(logits[:, 0], expected.mean(dim=(-2, -1)), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["gridpg", "difull", "dipart"])
+@pytest.mark.parametrize("name", SETTINGS.names())
 def test_prefix_then_suffix_is_the_whole_setting_at_every_layer(name):
     model = tiny_vgg()
     setting = create_setting(name, model, 2)

@@ -11,7 +11,7 @@ import pytest
 
 from attrcli.metrics.intervals import BootstrapConfig, score_intervals
 from attrcli.metrics.summary import summarize
-from attrcli.study_report import findings, smoothing_findings
+from attrcli.stages.report import findings, smoothing_findings
 
 CONFIG = BootstrapConfig(resamples=400)
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from attrcli.cli.main import app
-from attrcli.study import PRESETS, StudyPreset, scaled_kernels
+from attrcli.stages.run import PRESETS, StudyPreset, scaled_kernels
 
 TINY = StudyPreset(
     name="tiny-digits", dataset="digits", models=("digits-vgg11", "digits-resnet18"), cell_size=32,

@@ -9,14 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from attrcli.errors import UserError
-from attrcli.models.adapter import ModelAdapter
 from attrcli.store import file_hash, read_artifact
+
+if TYPE_CHECKING:
+    from attrcli.models.adapter import ModelAdapter
 
 
 class GridImages:

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from attrcli.errors import UserError
+from attrcli.names import LAYERS, PAPER_METHODS, PAPER_SETTINGS
+from attrcli.progress import Log, Progress
 from attrcli.registry import Registry
 
-Log = Callable[[str], None]
-Progress = Callable[[str, int, int], None]
+if TYPE_CHECKING:
+    from attrcli.stages.plan import AttributeRequest, AttributeResult
+    from attrcli.store import ArtifactKey
 
-PAPER_METHODS = (
-    "grad", "guided-backprop", "ixg", "intgrad", "gradcam", "gradcam++", "layercam",
-    "ablationcam", "scorecam", "occlusion", "rise",
-)
+__all__ = ["PAPER_KS", "PAPER_METHODS", "PRESETS", "StudyPreset", "StudyResult", "run_study", "scaled_kernels"]
+
 PAPER_KS = (9, 17, 33, 65, 129, 257)  # on 448-pixel grids (supplement D)
 
 
@@ -45,8 +46,8 @@ class StudyPreset:
     models: tuple[str, ...]
     cell_size: int
     n: int = 2
-    settings: tuple[str, ...] = ("gridpg", "difull", "dipart")
-    layers: tuple[str, ...] = ("input", "middle", "final")
+    settings: tuple[str, ...] = PAPER_SETTINGS
+    layers: tuple[str, ...] = LAYERS
     methods: tuple[str, ...] = PAPER_METHODS
     smoothing_settings: tuple[str, ...] = ("gridpg", "difull")  # where the sweep runs (Fig. 26)
     smoothgrad: tuple[str, ...] = ("smoothgrad-intgrad", "smoothgrad-ixg")
@@ -98,16 +99,21 @@ def run_study(
     fmt: str = "png",
     force: bool = False,
     launcher: str = "inline",
-    launcher_options: dict | None = None,
+    partition: str | None = None,
     progress: Progress | None = None,
     log: Log | None = None,
 ) -> StudyResult:
-    """Run the preset's whole study; see the module docstring."""
-    from attrcli.data.grids import make_grids
-    from attrcli.engine.attribute import attribute, resolve_device
-    from attrcli.metrics.stages import aggatt, correlate, score
+    """Run the preset's whole study; see the module docstring. ``launcher`` ``local`` or
+    ``slurm`` (with ``partition``) runs the attributions as submitit job arrays."""
+    from attrcli.devices import resolve_device
     from attrcli.models.registry import check_weights
     from attrcli.plots.common import check_format
+    from attrcli.stages.aggatt import aggatt
+    from attrcli.stages.correlate import correlate
+    from attrcli.stages.make_grids import make_grids
+    from attrcli.stages.plan import AttributeRequest
+    from attrcli.stages.score import score
+    from attrcli.store import ArtifactKey
     from attrcli.store.files import check_folder, output_target
 
     # Everything is checked before the first file is written (grid files come first).
@@ -142,23 +148,24 @@ def run_study(
             force=force, progress=progress,
         )
 
-    jobs = []
+    requests = []
     for model in study.models:
+        common = {"model": model, "device": dev, "batch_size": batch, "force": force, "cache_root": cache_root,
+                  "weights": weights.get(model)}
         for setting in study.settings:
             grids = grid_files["corners" if setting != "gridpg" else "distinct"]
-            jobs.append(dict(grids=grids, setting=setting, model=model, layers=list(study.layers), methods=list(study.methods)))
+            requests.append(AttributeRequest(grids=grids, setting=setting, layers=list(study.layers),
+                                             methods=list(study.methods), **common))
             if setting in study.smoothing_settings:
                 derived = [f"s-{base}:k={k}" for base in ("intgrad", "ixg") for k in study.kernels]
                 if setting in study.smoothgrad_settings:
                     derived += list(study.smoothgrad)
-                jobs.append(dict(grids=grids, setting=setting, model=model, layers=["input"], methods=derived))
-    say(f"attribute: {len(jobs)} jobs")
+                requests.append(AttributeRequest(grids=grids, setting=setting, layers=["input"], methods=derived,
+                                                 **common))
+    say(f"attribute: {len(requests)} jobs")
     attributions = []
-    for job in jobs:
-        results = _attribute(job, launcher, launcher_options, dict(
-            device=dev, batch_size=batch, force=force, cache_root=cache_root,
-            weights=weights.get(job["model"]), progress=progress,
-        ))
+    for request in requests:
+        results = _attribute(request, launcher, partition, progress)
         attributions += [r.path for r in results]
         result.computed += sum(r.status != "up to date" for r in results)
     result.attributions = attributions
@@ -170,11 +177,11 @@ def run_study(
     say("correlate")
     correlations = []
     for model in study.models:
-        keys = [p for p in scores if f"/gridpg/{model}/" in str(p) and Path(p).stem in study.methods]
+        keys = [p for p in scores if _is_paper_key(ArtifactKey.from_path(p), model, study.methods)]
         correlations.append(correlate(score_paths=keys, name=f"{study.name}-gridpg-{model}", cache_root=cache_root, force=force).path)
 
     say("figures")
-    from attrcli.study_report import draw_figures, write_summary
+    from attrcli.stages.report import draw_figures, write_summary
 
     result.figures = draw_figures(
         study=study, report_dir=report_dir, fmt=fmt, scores=scores, aggatts=aggatts,
@@ -185,11 +192,22 @@ def run_study(
     return result
 
 
-def _attribute(job: dict, launcher: str, launcher_options: dict | None, common: dict):
-    from attrcli.engine.attribute import attribute
+def _is_paper_key(key: ArtifactKey, model: str, methods: tuple[str, ...]) -> bool:
+    """A GridPG key of ``model`` whose method is one of the study's (the correlations' keys)."""
+    return key.setting == "gridpg" and key.model == model and key.method in methods
 
+
+def _attribute(
+    request: AttributeRequest, launcher: str, partition: str | None, progress: Progress | None,
+) -> list[AttributeResult]:
+    """``request`` in this process (``inline``) or as a job array of ``launcher``."""
     if launcher == "inline":
-        return attribute(**job, **common)
-    from attrcli.engine.launch import launch_attribute  # scale-out (submitit)
+        from attrcli.stages.attribute import run_attribute
 
-    return launch_attribute(job=job, launcher=launcher, options=launcher_options or {}, common=common)
+        return run_attribute(request, progress=progress)
+    from attrcli.stages.launch import (  # scale-out (submitit)
+        LaunchOptions,
+        launch_attribute,
+    )
+
+    return launch_attribute(request, LaunchOptions(launcher=launcher, partition=partition), progress=progress)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from attrcli.names import LAYERS, PAPER_SETTINGS
 from attrcli.store import ArtifactKey, read_artifact
+from attrcli.store.keys import CorrelationKey
 
 
 def _keys(paths: list[Path]) -> list[tuple[ArtifactKey, Path]]:
@@ -24,7 +26,7 @@ def draw_figures(*, study, report_dir: Path, fmt: str, scores: list[Path], aggat
     from attrcli.plots.boxes import plot_boxes
     from attrcli.plots.correlation import plot_correlation
     from attrcli.plots.examples import plot_examples
-    from attrcli.plots.smoothing import plot_smoothing
+    from attrcli.plots.smoothing import FAMILIES, plot_smoothing
 
     out: list[Path] = []
     base_scores = [p for k, p in _keys(scores) if _base_method(k.method)]
@@ -35,15 +37,16 @@ def draw_figures(*, study, report_dir: Path, fmt: str, scores: list[Path], aggat
             chosen = [p for k, p in keyed if k.model == model and k.setting == setting and _base_method(k.method)]
             if chosen:
                 out.append(plot_aggatt(aggatt_paths=chosen, out=report_dir / f"aggatt-{setting}-{model}.{fmt}", fmt=fmt))
-        for layer in ("input", "final"):
+        for layer in (LAYERS[0], LAYERS[-1]):  # the shallowest and the deepest
             chosen = [p for k, p in keyed if k.model == model and k.setting == "gridpg" and k.layer == layer and _base_method(k.method)]
             if chosen:
                 out.append(plot_examples(aggatt_paths=chosen, out=report_dir / f"examples-gridpg-{model}-{layer}.{fmt}", fmt=fmt))
     for path in correlations:
-        out.append(plot_correlation(paths=[path], out=report_dir / f"correlation-{Path(path).stem}.{fmt}", fmt=fmt))
+        out.append(plot_correlation(paths=[path], out=report_dir / f"correlation-{CorrelationKey.from_path(path).name}.{fmt}", fmt=fmt))
+    swept = {name for family, base, _ in FAMILIES for name in (family, base)}
     sweep = [p for k, p in _keys(scores)
-             if (k.layer == "input" and (k.method.split(":")[0] in ("s-intgrad", "s-ixg", "intgrad", "ixg") or k.method.startswith("smoothgrad-")))
-             or (k.layer == "final" and k.method == "gradcam")]
+             if (k.layer == LAYERS[0] and (k.method.split(":")[0] in swept or k.method.startswith("smoothgrad-")))
+             or (k.layer == LAYERS[-1] and k.method == "gradcam")]
     sweep = [p for p in sweep if ArtifactKey.from_path(p).setting in study.smoothing_settings]
     if sweep:
         out.append(plot_smoothing(score_paths=sweep, out=report_dir / f"smoothing.{fmt}", fmt=fmt))
@@ -169,7 +172,7 @@ def findings(rows: list) -> list[str]:
                          f"{_ci(lowest.median_ci)}; that every median lies above the uniform "
                          f"baseline is {evidence.verdict(above)}.")
             out.append(f"{model}, DiFull, hidden layers: the same methods have medians ≥ {lowest.median:.3f} (exactly zero outside the cell at layer resolution; upsampling leaks a thin border).{check}")
-        for layer in ("input", "middle", "final"):
+        for layer in LAYERS:
             part = {r.method: r for r in mine if r.setting == "dipart" and r.layer == layer}
             full = {r.method: r for r in mine if r.setting == "difull" and r.layer == layer}
             drops = [m for m in gradient if m in part and m in full and part[m].median < full[m].median - 1e-9]
@@ -203,7 +206,7 @@ def smoothing_findings(rows: list) -> list[str]:
     names = {"s-intgrad": "S-IntGrad", "s-ixg": "S-IxG", "intgrad": "IntGrad", "ixg": "IxG"}
     out = []
     for model in sorted({r.model for r in rows}):
-        for setting in ("gridpg", "difull", "dipart"):
+        for setting in PAPER_SETTINGS:
             here = [r for r in rows if r.model == model and r.setting == setting and r.layer == "input"]
             for family, base, _ in FAMILIES:
                 original = next((r for r in here if r.method == base), None)
@@ -235,7 +238,7 @@ def write_summary(
 ) -> Path:
     """``summary.md``: per setting and model a method × layer table, best methods, findings, and
     the keys whose maps needed a conditioning guard."""
-    from attrcli.metrics.stages import summarize
+    from attrcli.metrics.summary import summarize
 
     rows = summarize(scores)
     lines = [f"# attrcli study: {study.name}", "",

@@ -4,8 +4,8 @@ For two keys (say S-IntGrad at the input and Grad-CAM at the final layer, on the
 grid file) the result is the difference of their median and mean scores with bootstrap
 intervals and a Wilcoxon signed-rank test; for more keys (every method at one layer), every
 pair, with p-values Holm-corrected over the family (:func:`attrcli.metrics.intervals.compare_keys`).
-Writes ``<cache_root>/comparisons/<name>.h5`` and skips it when up to date, as ``correlate``
-does.
+Writes ``<cache_root>/comparisons/<name>.h5`` (:class:`~attrcli.store.keys.ComparisonKey`) and
+skips it when up to date, as ``correlate`` does.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from attrcli.errors import UserError
-from attrcli.metrics.caching import UP_TO_DATE, status_of
 from attrcli.metrics.intervals import (
     CORRECTION,
     TEST,
@@ -26,17 +25,22 @@ from attrcli.metrics.intervals import (
     PairedDifference,
     compare_keys,
 )
-from attrcli.metrics.localization import Progress
 from attrcli.metrics.scoresets import (
     check_inputs,
     check_name,
     default_name,
-    load_scores,
     score_inputs,
     scores_hashes,
 )
+from attrcli.progress import Progress
+from attrcli.stages.caching import UP_TO_DATE, status_of
+from attrcli.stages.score import load_scores
 from attrcli.store import ArtifactKey, artifact_lock, read_artifact, write_artifact
 from attrcli.store.artifacts import make_provenance
+from attrcli.store.keys import ComparisonKey
+
+if TYPE_CHECKING:
+    import torch
 
 #: Datasets of a comparison artifact, one row per pair (``pairs`` holds the key indices).
 _FIELDS = (
@@ -139,11 +143,11 @@ def compare(
             f"({', '.join(i.key.label() for i in items)})"
         )
     check_inputs(items, "compare")
-    scores = load_scores(items, device=device, progress=progress, wait=wait)
     labels = [item.key.label() for item in items]
     root = Path(cache_root) if cache_root else items[0].root
     name = name or default_name([i.key for i in items], labels)
-    out = root / "comparisons" / f"{name}.h5"
+    out = ComparisonKey(name).path(root)
+    scores = load_scores(items, device=device, progress=progress, wait=wait)
     inputs = scores_hashes(scores)
     config = {
         "stage": "compare",

@@ -1,38 +1,40 @@
-"""What the analysis stages share: statuses, the staleness check, and scoring one attribution.
+"""The ``score`` stage: localization scores of attributions (supplement H.3), cached.
 
-An output is up to date when its provenance records the same input hashes and config as a run
-now would; otherwise it is stale and recomputed. ``force`` recomputes anyway. A score
-artifact's config includes its intervals' (confidence, resamples, method, seed), so changing
-them recomputes the intervals, from the stored scores.
+Each attribution ``<root>/attributions/<key>.h5`` gets ``<root>/scores/<key>.h5`` (the cache
+folder defaults to the one the attribution lives in, so stages chained by pipes stay together).
+A score artifact's config includes its intervals' (confidence, resamples, method, seed), so
+changing them recomputes the intervals only, from the stored scores. The stages that relate
+keys (``aggatt``, ``correlate``, ``compare``) score what they need through :func:`score_one`
+and :func:`load_scores`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
-import torch
+import numpy as np
 
 from attrcli.errors import UserError
 from attrcli.metrics.intervals import SCORE_STATISTICS, BootstrapConfig, score_intervals
-from attrcli.metrics.localization import Progress, localization_scores
-from attrcli.metrics.selection import AttributionInfo
-from attrcli.store import (
-    ArtifactKey,
-    artifact_lock,
-    file_hash,
-    read_artifact,
-    read_provenance,
-    write_artifact,
+from attrcli.metrics.localization import localization_scores
+from attrcli.metrics.selection import (
+    AttributionInfo,
+    ScoreInput,
+    check_grid_sources,
+    inspect_attribution,
+    unique_paths,
 )
+from attrcli.progress import Progress
+from attrcli.stages.caching import STALE, UP_TO_DATE, StageResult, status_of
+from attrcli.store import ArtifactKey, artifact_lock, file_hash, read_artifact, write_artifact
 from attrcli.store.artifacts import make_provenance
+from attrcli.store.freshness import FRESH, freshness
 
-COMPUTED = "computed"
-UP_TO_DATE = "up to date"
-STALE = "stale, recomputed"
-FORCED = "forced, recomputed"
+if TYPE_CHECKING:
+    import torch
 
 SCORE_CONFIG = {
     "metric": "localization",
@@ -43,35 +45,52 @@ SCORE_CONFIG = {
 }
 
 
-@dataclass(frozen=True)
-class StageResult:
-    """One artifact a stage produced or found up to date."""
+def score(
+    *,
+    attribution_paths: list[Path],
+    cache_root: Path | None = None,
+    force: bool = False,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+    wait: bool = False,
+    bootstrap: BootstrapConfig | None = None,
+) -> list[StageResult]:
+    """Localization scores and numerators of every attribution (supplement H.3), cached.
 
-    path: Path
-    key: ArtifactKey
-    status: str
-
-    def to_dict(self) -> dict:
-        return {"path": str(self.path), "key": self.key.label(), "status": self.status}
-
-
-def status_of(out: Path, inputs: dict, config: dict, force: bool) -> str:
-    """How an output stands against the inputs and config it would be computed from now."""
-    if not out.exists():
-        return COMPUTED
-    if force:
-        return FORCED
-    try:
-        record = read_provenance(out)
-    except UserError:
-        return STALE
-    same = record.get("inputs") == inputs and record.get("config") == config
-    return UP_TO_DATE if same else STALE
+    Writes ``<cache_root>/scores/<key>.h5`` per attribution; ``cache_root`` defaults to the cache
+    folder each attribution lives in. Each artifact also holds the bootstrap intervals of the
+    median, the mean and the share of perfect scores (``bootstrap``, default
+    :class:`BootstrapConfig()`); a change of that config recomputes the intervals only. All
+    inputs are checked before anything is written.
+    """
+    sources = [inspect_attribution(Path(p)) for p in unique_paths(attribution_paths)]
+    if not sources:
+        raise UserError("no attribution artifacts given")
+    check_grid_sources(sources)
+    bootstrap = bootstrap or BootstrapConfig()
+    return [
+        score_one(
+            s,
+            Path(cache_root) if cache_root else s.root,
+            force=force,
+            device=device,
+            progress=progress,
+            wait=wait,
+            bootstrap=bootstrap,
+        )[0]
+        for s in sources
+    ]
 
 
 def score_config(bootstrap: BootstrapConfig) -> dict:
     """The config a score artifact records: the metric's and its intervals'."""
     return {**SCORE_CONFIG, "intervals": bootstrap.to_dict()}
+
+
+def _without_intervals(record: dict) -> dict:
+    config = dict(record.get("config", {}))
+    config.pop("intervals", None)
+    return {**record, "config": config}
 
 
 def _score_status(
@@ -81,13 +100,10 @@ def _score_status(
     status = status_of(out, inputs, score_config(bootstrap or BootstrapConfig()), force)
     if status != STALE:
         return status, False
-    try:
-        record = read_provenance(out)
-    except UserError:
-        return STALE, False
-    config = dict(record.get("config", {}))
-    config.pop("intervals", None)
-    if record.get("inputs") != inputs or config != SCORE_CONFIG:
+    scores_fresh = freshness(
+        out, {"inputs": inputs, "config": SCORE_CONFIG}, recorded=_without_intervals
+    )
+    if scores_fresh.state != FRESH:
         return STALE, False
     if bootstrap is None:  # the caller needs the scores only: any intervals will do
         return UP_TO_DATE, False
@@ -183,3 +199,26 @@ def _compute_scores(
         "heads": source.identity.heads,
     }
     return data, attrs
+
+
+def load_scores(
+    items: list[ScoreInput],
+    *,
+    device: torch.device | str,
+    progress: Progress | None,
+    wait: bool,
+) -> dict[ArtifactKey, np.ndarray]:
+    """Each key's float64 ``(N, T)`` scores, computing missing or stale ones first (their
+    intervals are not needed here)."""
+    files = {
+        item.key: item.scores
+        if item.attribution is None
+        else score_one(
+            item.attribution, item.root, force=False, device=device, progress=progress, wait=wait
+        )[0].path
+        for item in items
+    }
+    return {
+        key: np.asarray(read_artifact(path, names=["scores"]).data["scores"], dtype=np.float64)
+        for key, path in files.items()
+    }

@@ -1,0 +1,60 @@
+"""The command line answers help, ``models``, ``plan``-free listings and ``status`` of a cached
+project without importing the heavy libraries it does not need there."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("torch", "torchvision", "scipy", "matplotlib", "captum", "zennit", "sklearn")
+PROBE = """
+import json, sys
+args, watched = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+from attrcli.cli.main import main
+sys.argv = ["attrcli", *args]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+heavy = sorted(m for m in watched if m in sys.modules)
+print("PROBE", json.dumps({"code": code, "heavy": heavy}))
+"""
+
+
+def _probe(args: list[str], heavy: tuple[str, ...] = HEAVY, cwd: Path | None = None) -> dict:
+    """Run the CLI in a fresh interpreter and report its exit code and the heavy modules loaded."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(args), json.dumps(list(heavy))],
+        capture_output=True, text=True, timeout=120, cwd=cwd,
+    )
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("PROBE ")]
+    assert line, done.stderr[-2000:]
+    return json.loads(line[-1][len("PROBE "):])
+
+
+COMMANDS = ("make-grids", "import-grids", "attribute", "score", "aggatt", "correlate", "compare",
+            "plot", "run", "models", "launch", "plan", "merge", "status")
+
+
+@pytest.mark.parametrize("args", [["--help"], *[[c, "--help"] for c in COMMANDS]], ids=lambda a: " ".join(a))
+def test_help_imports_nothing_heavy(args: list[str]) -> None:
+    found = _probe(args)
+    assert found == {"code": 0, "heavy": []}
+
+
+def test_the_probe_sees_what_is_loaded() -> None:
+    """The check can fail: modules the CLI does load are reported (rich draws every help)."""
+    found = _probe(["--help"], heavy=("rich", "typer", "torch"))
+    assert found == {"code": 0, "heavy": ["rich", "typer"]}
+
+
+def test_status_of_a_cached_project_needs_no_torch(tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    found = _probe(["status", "--cache-dir", str(tmp_path / "cache")], cwd=tmp_path)
+    assert found["code"] == 0 and "torch" not in found["heavy"] and "scipy" not in found["heavy"]
