@@ -38,8 +38,8 @@ ablationcam        output is the image (gradient CAMs get ``compute_input_gradie
 pytorch-grad-cam returns ReLU'd maps min-max normalised and resized to the input, so those are
 compared with attrcli's maps only up to that normalisation (:func:`agreement`); its Score-CAM
 (softmax over the channels' target logits, whole grid masked in DiFull) and its Ablation-CAM at
-the input (ablation value ``min − 1e7`` for inputs with negative values) are other definitions:
-reported as not comparable.
+the input (ablation value ``min − 1e7`` for inputs with negative values) are other definitions,
+and so is Grad-CAM++ at the input (:data:`INCOMPARABLE`): reported as not comparable.
 """
 
 from __future__ import annotations
@@ -63,6 +63,13 @@ NORMALISED = ("gradcam", "gradcam++", "layercam", "ablationcam")  # up to pytorc
 NOTES = {  # known causes of a "differ"
     "gradcam++": "pytorch-grad-cam adds 1e-6 to the denominator of alpha; where gradients are "
     "small (random weights) that term dominates and its maps differ from the paper's formula",
+}
+INCOMPARABLE = {  # (method, layer) whose maps the two sides define differently, and why
+    ("ablationcam", "input"): "pytorch-grad-cam ablates with min − 1e7 where inputs are negative",
+    ("gradcam++", "input"): "the input's three channels hold normalised pixels of both signs, so "
+    "2 + Σ A·g of alpha's denominator crosses zero for many terms (7 of 24 on the tests' tiny "
+    "model); attrcli drops those ill-conditioned terms and counts them (docs/methods.md), "
+    "pytorch-grad-cam divides by them plus 1e-6",
 }
 RAW_TOLERANCE = 1e-3  # max |difference| relative to the loop map's max |value|
 NORMALISED_TOLERANCE = 1e-2  # max |difference| of maps scaled to [0, 1]
@@ -335,7 +342,7 @@ def comparison(method: str, layer: str) -> str:
     """How the two sides' maps are compared: ``raw``, ``normalised`` or ``not comparable``."""
     if method in RAW:
         return "raw"
-    if method in NORMALISED and not (method == "ablationcam" and layer == "input"):
+    if method in NORMALISED and (method, layer) not in INCOMPARABLE:
         return "normalised"
     return "not comparable"
 

@@ -123,9 +123,11 @@ def method_spec(method: str, map_size: int, reduced: Reduced) -> str:
         return f"intgrad:steps={reduced.steps}"
     if method == "rise" and reduced.masks:
         return f"rise:masks={reduced.masks}"
-    if method == "occlusion" and reduced.windows:
-        k = ceil(map_size / reduced.windows)
-        return f"occlusion:k={k},s={k}"
+    if method == "occlusion":  # Captum's windows (inside the image) on both sides
+        if reduced.windows:
+            k = ceil(map_size / reduced.windows)
+            return f"occlusion:k={k},s={k},scheme=inside"
+        return "occlusion:scheme=inside"
     return method
 
 

@@ -107,8 +107,8 @@ def test_quick_parameters_reach_both_sides(rows):
     specs = {(r["layer"], r["method"]): r["spec"] for r in _keys(rows) if r["setting"] == "gridpg"}
     assert specs[("input", "intgrad")] == "intgrad:steps=3"
     assert specs[("middle", "rise")] == "rise:masks=8"
-    assert specs[("input", "occlusion")] == "occlusion:k=6,s=6"  # 16-pixel grid, 3 windows per axis
-    assert specs[("final", "occlusion")] == "occlusion:k=3,s=3"  # 8-position map: not flush
+    assert specs[("input", "occlusion")] == "occlusion:k=6,s=6,scheme=inside"  # 16-pixel grid, 3 windows per axis
+    assert specs[("final", "occlusion")] == "occlusion:k=3,s=3,scheme=inside"  # 8-position map: not flush
     assert specs[("input", "grad")] == "grad"
 
 
