@@ -26,12 +26,6 @@ def listed(names: tuple[str, ...] | list[str], last: str = "or") -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {last} {names[-1]}"
 
 
-def method_order(names: list[str] | set[str] | tuple[str, ...]) -> list[str]:
-    """``names`` in display order: the paper's methods first in its order, then the rest sorted
-    (a method spec ``name:...`` sorts with its name)."""
-    rank = {m: i for i, m in enumerate(PAPER_METHODS)}
-    return sorted(names, key=lambda m: (rank.get(m.partition(":")[0], len(rank)), m))
-
 
 #: The registered datasets grids are built from (``attrcli.data.datasets.DATASETS``), sorted.
 DATASETS = ("cifar10", "digits", "folder", "imagenet")

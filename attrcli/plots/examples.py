@@ -21,6 +21,7 @@ from attrcli.metrics.localization import upsample_positive
 from attrcli.plots.aggatt import outline_cell, row_label, sort_rows
 from attrcli.plots.common import BIN_LABELS, MAP_CMAP, as_stage, new_figure, save_figure
 from attrcli.store import ArtifactKey, file_hash, read_artifact, read_provenance
+from attrcli.store.keys import GridFileKey
 
 
 @dataclass
@@ -50,7 +51,7 @@ def _grid_path(key: ArtifactKey, attrs: list[dict], override: Path | None) -> Pa
             raise UserError(f"--grid-file {override}: no such file")
         return Path(override)
     tried = [str(a["grid_path"]) for a in attrs if a.get("grid_path")]
-    tried.append(str(Path("data") / "grids" / f"{key.grids}.h5"))
+    tried.append(str(GridFileKey(key.grids).path(Path("data") / "grids")))
     for candidate in dict.fromkeys(tried):
         if Path(candidate).is_file():
             return Path(candidate)

@@ -55,7 +55,7 @@ def test_every_generic_test_picks_up_the_toy_method_and_it_passes(tmp_path):
     )
     generic = json.loads((tmp_path / "items.json").read_text())
     functions = {nodeid.partition("[")[0] for nodeid in generic}
-    assert len(functions) >= 5, functions  # the generic tests of tests/methods and tests/settings
+    assert len(functions) >= 5, functions  # the tests marked generic (tests/methods/test_generic_methods.py)
     with_toy = {nodeid.partition("[")[0] for nodeid in generic if NAME in nodeid.partition("[")[2]}
     assert with_toy == functions, f"generic tests without a toy item: {sorted(functions - with_toy)}"
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
