@@ -22,6 +22,7 @@ from attrcli.cli.options import (
     Launcher,
     NoWait,
     Partition,
+    Precision,
     Quiet,
     Seed,
     Shard,
@@ -43,6 +44,7 @@ def attribute_command(
     method: AttributeMethods = "grad",
     heads: Heads = None,
     device: Device = "auto",
+    precision: Precision = "fp32",
     batch_size: BatchSize = 32,
     weights: Weights = None,
     cache_dir: CacheRoot = Path("cache"),
@@ -80,11 +82,12 @@ def attribute_command(
             launcher=launcher, shards=shards, partition=partition, gpus_per_task=gpus_per_task, time=time,
             array_parallelism=array_parallelism, no_wait=no_wait, device=device, batch_size=batch_size,
             weights=weights, cache_dir=cache_dir, seed=seed, force=force, quiet=quiet, as_json=as_json,
+            precision=precision,
         )
     request = AttributeRequest(
         grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method,
         heads=heads, device=device, batch_size=batch_size, force=force, wait=wait,
-        cache_root=cache_dir, weights=weights, seed=seed, shard=parse_shard(shard),
+        cache_root=cache_dir, weights=weights, seed=seed, shard=parse_shard(shard), precision=precision,
     )
     with progress_bar(quiet) as progress:
         results = run_attribute(request, progress=progress)

@@ -15,6 +15,7 @@ import typer
 
 from attrcli.cli.app import paths_from_args, split_list
 from attrcli.devices import DEVICE_HELP
+from attrcli.engine.precision import PRECISIONS, validate_precision
 from attrcli.errors import UserError
 from attrcli.names import LAYERS, SETTINGS, listed
 
@@ -124,6 +125,18 @@ Weights = Annotated[
                  "with weights_only=True), or 'random'."),
 ]
 Device = Annotated[str, typer.Option("--device", help=f"{DEVICE_HELP}.")]
+
+
+def _precision(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """``--precision`` normalised; an unknown name is a one-line error naming the valid ones."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    return validate_precision(value)
+
+
+PRECISION_HELP = (f"{listed(PRECISIONS)}: fp32 exact (default); tf32 (CUDA) and bf16 for speed on GPUs, "
+                  "keyed apart (gradcam@bf16).")
+Precision = Annotated[str, typer.Option("--precision", callback=_precision, help=PRECISION_HELP)]
 Force = Annotated[bool, typer.Option("--force", help="Recompute even if up to date.")]
 Wait = Annotated[
     bool, typer.Option("--wait", help="Wait for another process that holds an artifact's lock instead of exiting.")

@@ -37,6 +37,7 @@ from attrcli.cli.options import (
     Json,
     NoWait,
     Partition,
+    Precision,
     Quiet,
     Seed,
     Shards,
@@ -86,6 +87,7 @@ def launch_command(
     array_parallelism: ArrayParallelism = 32,
     no_wait: NoWait = False,
     device: Device = "auto",
+    precision: Precision = "fp32",
     batch_size: BatchSize = 32,
     weights: Weights = None,
     cache_dir: CacheRoot = Path("cache"),
@@ -104,7 +106,7 @@ def launch_command(
     request = AttributeRequest(
         grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method, heads=heads,
         device=device, batch_size=batch_size, force=force, cache_root=cache_dir, weights=weights, seed=seed,
-        shards=shards,
+        shards=shards, precision=precision,
     )
     with task_failures(), progress_bar(quiet) as progress:
         results = launch_attribute(request, options, progress=progress)
@@ -143,13 +145,15 @@ def status_command(
     batch_size: BatchSize = 32,
     seed: Seed = 0,
     shards: Shards = 1,
+    precision: Precision = "fp32",
     cache_dir: CacheRead = Path("cache"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Which attribution keys are done, partial (shards or checkpoints), stale, corrupt or missing.
 
     Weights are not loaded, so a key made with other weights shows as done. RISE and SmoothGrad
-    keys depend on --seed, --batch-size (and --shards): give those the run used. Without --grids,
+    keys depend on --seed, --batch-size (and --shards): give those the run used, and its
+    --precision (bf16 keys are apart from fp32's). Without --grids,
     one row per grid file, setting and model under --cache-dir, counting what each stage holds.
     """
     if grids is None:
@@ -160,6 +164,7 @@ def status_command(
     rows = status(AttributeRequest(
         grids=grids, setting=split_list(setting or "gridpg"), model=model or "digits-vgg11", layers=layer,
         methods=method, heads=heads, cache_root=cache_dir, seed=seed, batch_size=batch_size, shards=shards,
+        precision=precision, device="auto",  # the keys of a precision; status computes nothing anywhere
     ))
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))
@@ -208,6 +213,7 @@ def plan_command(
     layer: AttributeLayers = "input,middle,final", method: AttributeMethods = "grad", heads: Heads = None,
     shards: Shards = 1,
     device: Device = "auto",
+    precision: Precision = "fp32",
     batch_size: BatchSize = 32,
     weights: Weights = None,
     cache_dir: CacheRoot = Path("cache"),
@@ -226,6 +232,6 @@ def plan_command(
     for line in plan_commands(AttributeRequest(
         grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method,
         shards=shards, heads=heads, cache_root=cache_dir, batch_size=batch_size, device=device,
-        weights=weights, seed=seed, force=force,
+        weights=weights, seed=seed, force=force, precision=precision,
     )):
         typer.echo(line)

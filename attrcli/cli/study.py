@@ -17,6 +17,7 @@ from attrcli.cli.options import (
     Force,
     Launcher,
     Partition,
+    Precision,
     Quiet,
     positive,
     study_weights,
@@ -37,6 +38,7 @@ def run_command(
     preset: Annotated[str, typer.Option("--preset", help="Study preset: digits (embedded, offline) or paper-imagenet.")] = "digits",
     root: Annotated[Path | None, typer.Option("--root", help="Dataset root (paper-imagenet: the ImageNet validation folder).")] = None,
     device: Device = "auto",
+    precision: Precision = "fp32",
     weights: Annotated[list[str], typer.Option("--weights", help="MODEL=FILE state dict for a model of the study (repeatable; FILE alone for a one-model study).")] = [],  # noqa: B006 - typer's repeatable default
     count: Annotated[int | None, typer.Option("--count", callback=positive, help="Grids per variant (default: the preset's).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", callback=positive, help=f"{BATCH_HELP} Default: the preset's.")] = None,
@@ -62,7 +64,7 @@ def run_command(
         result = run_study(
             preset=preset, root=root, device=device, weights=_weights(weights, preset), count=count,
             batch_size=batch_size, data_dir=data_dir, cache_root=cache_dir, reports_dir=reports_dir,
-            fmt=fmt, force=force, launcher=launcher, partition=partition,
+            fmt=fmt, force=force, launcher=launcher, partition=partition, precision=precision,
             progress=progress, log=lambda message: err.print(f"[bold]{message}[/bold]"),
         )
     seconds = time.perf_counter() - started

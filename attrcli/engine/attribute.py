@@ -25,6 +25,8 @@ from attrcli.engine.allocator import retain_freed_memory
 from attrcli.engine.checkpoint import Checkpoint, InMemory
 from attrcli.engine.context import AttributionContext
 from attrcli.engine.gradients import GUIDED, PLAIN, shared_gradients
+from attrcli.engine.precision import DEFAULT as FP32
+from attrcli.engine.precision import precision_context
 from attrcli.progress import Progress
 from attrcli.threads import forward_macs, threads_for, torch_threads
 
@@ -87,13 +89,19 @@ def exact_float32() -> Iterator[None]:
 
 
 @contextmanager
-def computing(module: torch.nn.Module, device: torch.device, macs: float | None = None) -> Iterator[None]:
-    """The set-up maps are computed under: exact float32 on CUDA; on the CPU channels-last frozen
-    weights (:func:`channels_last`), freed memory kept for the next chunk
-    (:func:`~attrcli.engine.allocator.retain_freed_memory`) and as many threads as a forward
-    pass of ``macs`` multiply-accumulates pays for (:func:`attrcli.threads.threads_for`)."""
+def computing(
+    module: torch.nn.Module, device: torch.device, macs: float | None = None, *,
+    precision: str = FP32, model: ModelAdapter | None = None,
+) -> Iterator[None]:
+    """The set-up maps are computed under: the ``precision``
+    (:func:`~attrcli.engine.precision.precision_context`; ``fp32``, the default, is exact float32
+    on CUDA as :func:`exact_float32`, ``bf16`` instruments the modules of ``model``, the adapter
+    of ``module``); on the CPU channels-last frozen weights (:func:`channels_last`), freed memory
+    kept for the next chunk (:func:`~attrcli.engine.allocator.retain_freed_memory`) and as many
+    threads as a forward pass of ``macs`` multiply-accumulates pays for
+    (:func:`attrcli.threads.threads_for`)."""
     with ExitStack() as stack:
-        stack.enter_context(exact_float32())
+        stack.enter_context(precision_context(precision, device, model))
         stack.enter_context(channels_last(module, device))
         if device.type == "cpu":
             retain_freed_memory()

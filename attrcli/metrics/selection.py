@@ -17,12 +17,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from attrcli.engine.precision import split_key_method
 from attrcli.errors import UserError
 from attrcli.metrics.correlation import ScoredAttributions
 from attrcli.names import ALL, LAYERS
-from attrcli.store import Artifact, ArtifactKey, file_hash, read_artifact, read_provenance
+from attrcli.store import (
+    Artifact,
+    ArtifactKey,
+    file_hash,
+    read_artifact,
+    read_provenance,
+)
 from attrcli.store.keys import glob_escape, grids_part, root_of
-
 
 
 def split_methods(value: str | None) -> list[str]:
@@ -33,8 +39,17 @@ def split_methods(value: str | None) -> list[str]:
 
 
 def method_matches(pattern: str, method: str) -> bool:
-    """``gradcam`` matches ``gradcam`` and ``gradcam:...``; a spec with ``:`` only itself."""
-    return method == pattern or (":" not in pattern and method.partition(":")[0] == pattern)
+    """``gradcam`` matches ``gradcam`` and ``gradcam:...`` in every precision (``gradcam@bf16``
+    too); a spec with ``:`` or a precision suffix (``gradcam@bf16``) only itself."""
+    if method == pattern:
+        return True
+    if ":" in pattern or "@" in pattern:
+        return False
+    try:
+        spec, _ = split_key_method(method)
+    except UserError:  # a key with a suffix this version does not know
+        return False
+    return spec.partition(":")[0] == pattern
 
 
 def _found(root: Path, stages: tuple[str, ...], grids: str) -> dict[tuple[str, ...], ArtifactKey]:

@@ -15,6 +15,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from attrcli.engine.precision import PRECISIONS, split_key_method
 from attrcli.errors import UserError
 from attrcli.plots.common import (
     BIN_LABELS,
@@ -74,10 +75,16 @@ def sort_rows(rows: list) -> list:
             r.key.grids,
             models.index(r.key.model),
             settings.index(r.key.setting),
-            method_sort_key(r.key.method),
+            *_method_order(r.key.method),
             layers.index(r.key.layer),
         ),
     )
+
+
+def _method_order(method: str) -> tuple:
+    """Display order of a key's method: by its spec, then fp32 before tf32 before bf16."""
+    spec, precision = split_key_method(method)
+    return method_sort_key(spec), PRECISIONS.index(precision)
 
 
 def row_label(key: ArtifactKey, with_context: bool) -> str:

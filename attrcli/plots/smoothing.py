@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from attrcli.engine.precision import key_suffix, split_key_method
 from attrcli.errors import UserError
 from attrcli.metrics.correlation import check_comparable, spearman
 from attrcli.metrics.intervals import BootstrapConfig, spearman_intervals
@@ -87,7 +88,7 @@ class SweepGroup:
 
 def kernel_size(item: ScoreSet) -> int:
     """K of a smoothed key: ``k=`` in its method spec, else the config its attribution records."""
-    params = method_params(item.key.method)
+    params = method_params(_spec(item))
     raw = params.get("k")
     if raw is None:
         attribution = item.key.sibling("attributions", item.path)
@@ -115,23 +116,36 @@ def _summary(item: ScoreSet, k: int, reference: ScoreSet | None) -> Point:
     return Point(item.key.method, k, float(median), float(q1), float(q3), rho)
 
 
+def _spec(item: ScoreSet) -> str:
+    """The key's method spec without its precision suffix (``s-ixg:k=3@bf16`` -> ``s-ixg:k=3``)."""
+    return split_key_method(item.key.method)[0]
+
+
 def _find_reference(members: list[ScoreSet], every: list[ScoreSet], spec: str) -> ScoreSet | None:
+    """The reference key ``spec`` names; one without a precision suffix is looked for in the
+    members' precision first (a bf16 sweep is compared with bf16 Grad-CAM), then as written."""
     parts = spec.split("/")
-    if len(parts) == 2:
-        layer, method = parts
-        pool = members
-        return next((m for m in pool if (m.key.layer, m.key.method) == (layer, method)), None)
-    if len(parts) == 4:
-        first = members[0].key
-        want = (first.grids, *parts)
-        return next(
-            (m for m in every
-             if (m.key.grids, m.key.setting, m.key.model, m.key.layer, m.key.method) == want),
-            None,
+    if len(parts) not in (2, 4):
+        raise UserError(
+            f"invalid reference {spec!r}: use layer/method (final/gradcam) or setting/model/layer/method"
         )
-    raise UserError(
-        f"invalid reference {spec!r}: use layer/method (final/gradcam) or setting/model/layer/method"
-    )
+    suffix = key_suffix(split_key_method(members[0].key.method)[1])
+    methods = list(dict.fromkeys([parts[-1] + suffix if "@" not in parts[-1] else parts[-1], parts[-1]]))
+    for method in methods:
+        if len(parts) == 2:
+            found = next((m for m in members if (m.key.layer, m.key.method) == (parts[0], method)), None)
+        else:
+            want = (members[0].key.grids, *parts[:3], method)
+            found = next(
+                (m for m in every
+                 if (m.key.grids, m.key.setting, m.key.model, m.key.layer, m.key.method) == want),
+                None,
+            )
+        if found is not None:
+            return found
+    return None
+
+
 
 
 def _as_grid_scores(item: ScoreSet) -> np.ndarray:
@@ -154,22 +168,25 @@ def _add_intervals(
 def sweep_groups(
     sets: list[ScoreSet], *, reference: str, layer: str, bootstrap: BootstrapConfig | None = None
 ) -> list[SweepGroup]:
-    """The sweep of every grid file/setting/model that has smoothed scores at ``layer``."""
-    groups: dict[tuple[str, str, str], list[ScoreSet]] = {}
+    """The sweep of every grid file/setting/model (and precision: keys of another precision, such
+    as ``s-ixg:k=3@bf16``, make a sweep of their own) that has smoothed scores at ``layer``."""
+    groups: dict[tuple[str, str, str, str], list[ScoreSet]] = {}
     for item in sets:
-        groups.setdefault((item.key.grids, item.key.setting, item.key.model), []).append(item)
+        precision = split_key_method(item.key.method)[1]
+        groups.setdefault((item.key.grids, item.key.setting, item.key.model, precision), []).append(item)
     out = []
-    for (grids, setting, model), members in groups.items():
+    for (grids, setting, model, precision), members in groups.items():
+        model = model + key_suffix(precision)  # as shown: vgg11@bf16 beside vgg11
         ref = _find_reference(members, sets, reference)
         at_layer = [m for m in members if m.key.layer == layer]
         sweeps = []
         drawn: list[tuple[Point, ScoreSet]] = []
         for family, base, smoothgrad in FAMILIES:
-            smoothed = [m for m in at_layer if method_base(m.key.method) == family]
+            smoothed = [m for m in at_layer if method_base(_spec(m)) == family]
             if not smoothed:
                 continue
             sweep = Sweep(family, base)
-            original = next((m for m in at_layer if m.key.method == base), None)
+            original = next((m for m in at_layer if _spec(m) == base), None)
             if original is not None:
                 sweep.points.append(_summary(original, ORIGINAL_K, ref))
                 drawn.append((sweep.points[-1], original))
@@ -180,7 +197,7 @@ def sweep_groups(
                 sweep.points.append(_summary(by_k[k], k, ref))
                 drawn.append((sweep.points[-1], by_k[k]))
             variants = [(_summary(m, 0, ref), m) for m in at_layer
-                        if method_base(m.key.method) == smoothgrad]
+                        if method_base(_spec(m)) == smoothgrad]
             if variants:
                 sweep.smoothgrad, item = max(variants, key=lambda v: (v[0].median, v[0].spec))
                 drawn.append((sweep.smoothgrad, item))

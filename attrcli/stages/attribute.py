@@ -20,7 +20,8 @@ import torch
 from attrcli.data.gridfile import GridFile, load_grid_file
 from attrcli.devices import resolve_device
 from attrcli.engine.attribute import batch_macs, computing, run_setting
-from attrcli.errors import TaskError
+from attrcli.engine.precision import check_device, provenance
+from attrcli.errors import TaskError, UserError
 from attrcli.models import ModelAdapter, create_model, state_dict_hash
 from attrcli.progress import Progress
 from attrcli.stages.plan import (
@@ -57,7 +58,13 @@ def run_attribute(request: AttributeRequest, *, progress: Progress | None = None
     ``shard=(i, N)`` computes only rows ``[i*count//N, (i+1)*count//N)`` of the grid file into
     shard artifacts (:mod:`attrcli.engine.shards`; ``attrcli merge`` joins them).
     """
+    if request.shards > 1 and request.shard is None:  # the identity would claim a sharding not run
+        raise UserError(
+            f"shards={request.shards} without a shard: compute one shard (shard=(i, N)) or launch "
+            "them all (attrcli launch --shards N)"
+        )
     dev = resolve_device(request.device)
+    check_device(request.precision, dev)  # tf32 off CUDA ("auto" on a CPU machine): before anything is written
     model = request.model
     setting_names(request.setting)  # the checks in the order attribute has always made them
     grid_file = load_grid_file(request.grids)
@@ -88,7 +95,7 @@ def run_attribute(request: AttributeRequest, *, progress: Progress | None = None
 
     def write(job: Job, maps: np.ndarray, counts: dict[str, int], seconds: float) -> None:
         write_maps(job, maps, grid_file, seconds=seconds, device=dev, batch_size=request.batch_size,
-                   seed=request.seed, rows=planned.rows, counts=counts)
+                   seed=request.seed, rows=planned.rows, counts=counts, precision=request.precision)
 
     with ExitStack() as stack:
         for job in todo:
@@ -97,7 +104,7 @@ def run_attribute(request: AttributeRequest, *, progress: Progress | None = None
             finished = [job for job in todo if up_to_date(job)]
             results += [AttributeResult(job.key, job.path, "up to date") for job in finished]
             todo = [job for job in todo if job not in finished]
-        stack.enter_context(computing(adapter.module, dev, macs))
+        stack.enter_context(computing(adapter.module, dev, macs, precision=request.precision, model=adapter))
         for grid_setting, _ in planned.settings:
             mine = [j for j in todo if j.setting is grid_setting and j.kind != "derived"]
             done = run_setting(grid_file, mine, dev, request.batch_size, request.seed, progress, planned.rows,
@@ -115,8 +122,13 @@ def run_attribute(request: AttributeRequest, *, progress: Progress | None = None
 def write_maps(
     job: Job, maps: np.ndarray, grid_file: GridFile, *, seconds: float, device: torch.device,
     batch_size: int, seed: int, rows: range | None = None, counts: dict[str, int] | None = None,
+    precision: str = "fp32",
 ) -> None:
     """Write one attribution artifact (docs/artifacts.md); NaN or inf maps are refused.
+
+    ``precision`` the maps were computed in is recorded in the provenance's config (beside the
+    identity, which names it only when not fp32, so fp32 artifacts of earlier versions stay
+    fresh).
 
     ``rows``: the grid-file rows the maps cover (a shard); default all. ``counts``: the
     method's diagnostic counts (:meth:`~attrcli.methods.base.Method.diagnostics`), stored as the
@@ -153,7 +165,7 @@ def write_maps(
             "diagnostics": {name: int(v) for name, v in sorted((counts or {}).items())},
         },
         provenance=make_provenance(
-            config={"identity": job.identity, "batch_size": batch_size},
+            config={"identity": job.identity, "batch_size": batch_size, **provenance(precision)},
             inputs=job.inputs,
             seed=seed,
             device=str(device),
@@ -171,7 +183,7 @@ def write_derived(job: Job) -> None:
         data={**artifact.data, "maps": maps},
         attrs={**artifact.attrs, "method": job.spec.canonical()},
         provenance=make_provenance(
-            config={"identity": job.identity},
+            config={"identity": job.identity, **provenance(job.identity.get("precision", "fp32"))},
             inputs={**job.inputs, "base": file_hash(job.base_path)},
         ),
     )

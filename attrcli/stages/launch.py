@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from attrcli.devices import resolve_device
+from attrcli.engine.precision import DEFAULT as FP32
+from attrcli.engine.precision import check_device
 from attrcli.engine.shards import shard_rows
 from attrcli.errors import TaskError, UserError
 from attrcli.models import create_model
@@ -151,6 +153,7 @@ def plan_commands(request: AttributeRequest) -> list[str]:
             ]
             words += ["--heads", heads] if heads else []
             words += ["--weights", str(request.weights)] if request.weights else []
+            words += ["--precision", request.precision] if request.precision != FP32 else []
             words += ["--force"] if request.force else []
             words += ["--shard", f"{i}/{shards}"] if shards > 1 else []
             lines.append(shlex.join(words))
@@ -214,8 +217,10 @@ def launch_attribute(
     grid_file = plan(request).grid_file  # bad input fails here, before weights are loaded or trained
     if shards > 1:
         shard_rows(grid_file.count, (0, shards))
+    device = resolve_device(request.device)
+    check_device(request.precision, device)  # tf32 off CUDA, before weights are trained or written
     # Loading here validates the weights and trains default digits weights once, not per task.
-    adapter = create_model(model, weights=request.weights, device=resolve_device(request.device),
+    adapter = create_model(model, weights=request.weights, device=device,
                            cache_dir=cache_root, progress=progress)
     jobs = plan(request, adapter=adapter, grid_file=grid_file).jobs
     todo = [j for j in jobs if request.force or not up_to_date(j)]

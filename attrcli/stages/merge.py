@@ -16,6 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from attrcli.engine.precision import key_suffix, split_key_method
 from attrcli.engine.shards import shard_paths
 from attrcli.errors import UserError
 from attrcli.methods import METHODS, parse_method
@@ -105,9 +106,12 @@ def _check_provenance(found: dict[int, Any]) -> dict[str, Any]:
 
 
 def _base_path(key: ArtifactKey, artifact: Path) -> Path:
-    """The merged artifact of a derived method's base (its provenance input ``base``)."""
-    base = METHODS.get(parse_method(key.method).name).base
-    return key.unsharded().with_method(parse_method(base).canonical()).path(root_of(artifact))
+    """The merged artifact of a derived method's base (its provenance input ``base``), of the
+    same precision (``s-ixg:k=3@bf16`` derives from ``ixg@bf16``)."""
+    spec, precision = split_key_method(key.method)
+    base = METHODS.get(parse_method(spec).name).base
+    method = parse_method(base).canonical() + key_suffix(precision)
+    return key.unsharded().with_method(method).path(root_of(artifact))
 
 
 def _summed_diagnostics(artifacts) -> dict[str, int]:
@@ -184,7 +188,8 @@ def merge_all(cache_root: Path | str, *, keep: bool = False, wait: bool = False)
 
     def derived(path: Path) -> bool:
         try:
-            return METHODS.get(parse_method(ArtifactKey.from_path(path).method).name).base is not None
+            spec, _ = split_key_method(ArtifactKey.from_path(path).method)
+            return METHODS.get(parse_method(spec).name).base is not None
         except UserError:
             return False
 

@@ -16,6 +16,13 @@ from typing import Any
 import torch
 
 from attrcli.data.gridfile import GridFile, check_fit, load_grid_file
+from attrcli.engine.precision import DEFAULT as FP32
+from attrcli.engine.precision import (
+    check_device,
+    key_suffix,
+    split_key_method,
+    validate_precision,
+)
 from attrcli.engine.shards import shard_jobs, shard_rows
 from attrcli.errors import UserError
 from attrcli.methods import METHODS, Method, MethodSpec, parse_method, split_methods
@@ -37,7 +44,9 @@ class AttributeRequest:
     the evaluated cells. ``batch_size`` counts grid images per forward pass (the chunking of
     checkpoints and of sampling methods). ``shard=(i, N)`` computes rows of shard ``i`` only;
     ``shards`` is the shard count of a launched run (both shape sampling methods' identity).
-    ``wait``: wait for another process's artifact lock instead of failing.
+    ``wait``: wait for another process's artifact lock instead of failing. ``precision``
+    (:mod:`attrcli.engine.precision`): ``fp32`` (exact, the default; keys as ever), ``bf16`` or
+    ``tf32`` (CUDA), which key their artifacts ``method@bf16`` apart from fp32's.
     """
 
     grids: Path | str
@@ -55,8 +64,13 @@ class AttributeRequest:
     wait: bool = False
     shard: tuple[int, int] | None = None
     shards: int = 1
+    precision: str = FP32
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", validate_precision(self.precision))
+        kind = str(self.device).partition(":")[0]
+        if kind in ("cpu", "cuda"):  # "auto" is checked once resolved (run_attribute, launch)
+            check_device(self.precision, kind)
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.shards < 1:
@@ -154,14 +168,16 @@ def _applies(setting: GridSetting, spec: MethodSpec, layer: str) -> bool:
 
 def _job(
     grid_file: GridFile, setting: GridSetting, cells: list[int], layer: str, spec: MethodSpec,
-    cache_root: Path, sampling: dict[str, int],
+    cache_root: Path, sampling: dict[str, int], precision: str = FP32,
 ) -> Job:
     model: ModelAdapter = setting.model
     spec = spec.canonical_for(cell_size=model.cell_size, layer=layer)
     method = spec.build(cell_size=model.cell_size, layer=layer)
     check_method(setting, method, layer)  # model, layer and method fit (e.g. no ViT token-layer occlusion)
     method.check(layer=layer, map_size=setting.map_size(model.layer_index(layer)))
-    key = ArtifactKey("attributions", grid_file.name, setting.name, model.name, layer, spec.canonical())
+    key = ArtifactKey(
+        "attributions", grid_file.name, setting.name, model.name, layer, spec.canonical() + key_suffix(precision)
+    )
     identity = {
         "setting": setting.name,
         "model": model.name,
@@ -173,6 +189,8 @@ def _job(
     }
     if samples(method):
         identity.update(sampling)
+    if precision != FP32:  # fp32 identities stay as they were, so fp32 artifacts stay fresh
+        identity["precision"] = precision
     inputs = {"grids": grid_file.hash, "model": model.weights_hash}
     return Job(
         key, key.path(cache_root), setting, list(cells), layer, model.layer_index(layer), spec,
@@ -183,15 +201,18 @@ def _job(
 def plan_jobs(
     grid_file: GridFile, setting: GridSetting, cells: list[int], layers: list[str],
     specs: list[MethodSpec], cache_root: Path, *, seed: int = 0, batch_size: int = 32,
-    shards: int = 1, applicable_only: bool = False,
+    shards: int = 1, applicable_only: bool = False, precision: str = FP32,
 ) -> tuple[list[Job], list[Job]]:
     """Jobs that run the model, and derived jobs (each after the job of its base method).
 
     ``seed``, ``batch_size`` and ``shards`` (the shard count of a sharded run) enter the identity
     of sampling methods only (:func:`sampling_identity`). ``applicable_only`` (``--method all``)
     skips the methods the setting refuses at a layer instead of failing on them (guided backprop
-    on a GELU model, say).
+    on a GELU model, say). ``precision`` keys and identifies every job, derived ones too: a
+    smoothed key derives from the base artifact of its own precision (``s-ixg:k=3@bf16`` from
+    ``ixg@bf16``).
     """
+    precision = validate_precision(precision)
     sampling = sampling_identity(seed=seed, batch_size=batch_size, count=grid_file.count, shards=shards)
     jobs: list[Job] = []
     derived: list[Job] = []
@@ -199,7 +220,7 @@ def plan_jobs(
         for spec in specs:
             if applicable_only and not _applies(setting, spec, layer):
                 continue
-            job = _job(grid_file, setting, cells, layer, spec, cache_root, sampling)
+            job = _job(grid_file, setting, cells, layer, spec, cache_root, sampling, precision)
             if job.kind != "derived":
                 if not any(j.spec == job.spec and j.layer == layer for j in jobs):
                     jobs.append(job)
@@ -207,7 +228,7 @@ def plan_jobs(
             base = MethodSpec(job.method.base)
             base_job = next((j for j in jobs if j.spec == base and j.layer == layer), None)
             if base_job is None:
-                base_job = _job(grid_file, setting, cells, layer, base, cache_root, sampling)
+                base_job = _job(grid_file, setting, cells, layer, base, cache_root, sampling, precision)
                 jobs.append(base_job)
             job.base_path = base_job.path
             if not any(d.spec == job.spec and d.layer == layer for d in derived):
@@ -308,7 +329,7 @@ def plan(
         jobs, more = plan_jobs(
             grid_file, grid_setting, cells, layer_names, specs, Path(request.cache_root),
             seed=request.seed, batch_size=request.batch_size, shards=request.shard_count,
-            applicable_only=wants_all(request.methods),
+            applicable_only=wants_all(request.methods), precision=request.precision,
         )
         model_jobs += jobs
         derived += more
@@ -369,16 +390,19 @@ def key_freshness(job: Job) -> Freshness:
 def adopt_legacy(job: Job) -> None:
     """Move an artifact written under a non-canonical spelling of the job's spec (earlier versions
     keyed ``intgrad:steps=20`` apart from ``intgrad``) to the job's canonical key, when it holds
-    the same computation; its content is unchanged."""
+    the same computation; its content is unchanged. Only keys of the job's own precision are
+    considered."""
     key = job.key
     root = root_of(job.path)
+    _, precision = split_key_method(key.method)
     parts = {name: glob_escape(getattr(key, name)) for name in ("grids", "setting", "model", "layer")}
     for found in ArtifactKey.glob(root, key.stage, **parts):
         try:
-            spec = parse_method(found.method)
+            text, found_precision = split_key_method(found.method)
+            spec = parse_method(text)
         except UserError:
             continue
-        if spec.name != job.spec.name or found.method == key.method:
+        if spec.name != job.spec.name or found.method == key.method or found_precision != precision:
             continue
         try:
             same = spec.canonical_for(cell_size=job.setting.model.cell_size, layer=job.layer) == job.spec

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attrcli.engine.precision import split_key_method
 from attrcli.names import LAYERS, PAPER_SETTINGS
 from attrcli.store import ArtifactKey, read_artifact
 from attrcli.store.keys import CorrelationKey
@@ -15,7 +16,14 @@ def _keys(paths: list[Path]) -> list[tuple[ArtifactKey, Path]]:
     return [(ArtifactKey.from_path(p), Path(p)) for p in paths]
 
 
+def _spec(method: str) -> str:
+    """A key's method without its precision suffix (``gradcam@bf16`` -> ``gradcam``): a study
+    computes in one precision, and its findings read the method."""
+    return split_key_method(method)[0]
+
+
 def _base_method(spec: str) -> bool:
+    spec = _spec(spec)
     return ":" not in spec and not spec.startswith(("s-", "smoothgrad-"))
 
 
@@ -45,8 +53,8 @@ def draw_figures(*, study, report_dir: Path, fmt: str, scores: list[Path], aggat
         out.append(plot_correlation(paths=[path], out=report_dir / f"correlation-{CorrelationKey.from_path(path).name}.{fmt}", fmt=fmt))
     swept = {name for family, base, _ in FAMILIES for name in (family, base)}
     sweep = [p for k, p in _keys(scores)
-             if (k.layer == LAYERS[0] and (k.method.split(":")[0] in swept or k.method.startswith("smoothgrad-")))
-             or (k.layer == LAYERS[-1] and k.method == "gradcam")]
+             if (k.layer == LAYERS[0] and (_spec(k.method).split(":")[0] in swept or k.method.startswith("smoothgrad-")))
+             or (k.layer == LAYERS[-1] and _spec(k.method) == "gradcam")]
     sweep = [p for p in sweep if ArtifactKey.from_path(p).setting in study.smoothing_settings]
     if sweep:
         out.append(plot_smoothing(score_paths=sweep, out=report_dir / f"smoothing.{fmt}", fmt=fmt))
@@ -153,7 +161,7 @@ def findings(rows: list) -> list[str]:
     gradient = ("grad", "guided-backprop", "ixg", "intgrad", "layercam")
     for model in sorted({r.model for r in rows}):
         mine = [r for r in rows if r.model == model]
-        exact = [r for r in mine if r.setting == "difull" and r.layer == "input" and r.method in gradient and r.perfect == 1.0]
+        exact = [r for r in mine if r.setting == "difull" and r.layer == "input" and _spec(r.method) in gradient and r.perfect == 1.0]
         if exact:
             names = ", ".join(r.method for r in exact)
             check = ""
@@ -162,7 +170,7 @@ def findings(rows: list) -> list[str]:
                 check = (f" Their share of perfect scores has the interval "
                          f"{_ci((lows, 1.0), 2)} (or narrower): {evidence.verdict(lows == 1.0)}.")
             out.append(f"{model}, DiFull, input: {names} localize perfectly (score 1.0) on every attribution — the disconnected heads make their gradients zero outside the target cell.{check}")
-        near = [r for r in mine if r.setting == "difull" and r.layer != "input" and r.method in gradient]
+        near = [r for r in mine if r.setting == "difull" and r.layer != "input" and _spec(r.method) in gradient]
         if near:
             lowest = min(near, key=lambda r: r.median)
             check = ""
@@ -173,13 +181,13 @@ def findings(rows: list) -> list[str]:
                          f"baseline is {evidence.verdict(above)}.")
             out.append(f"{model}, DiFull, hidden layers: the same methods have medians ≥ {lowest.median:.3f} (exactly zero outside the cell at layer resolution; upsampling leaks a thin border).{check}")
         for layer in LAYERS:
-            part = {r.method: r for r in mine if r.setting == "dipart" and r.layer == layer}
-            full = {r.method: r for r in mine if r.setting == "difull" and r.layer == layer}
+            part = {_spec(r.method): r for r in mine if r.setting == "dipart" and r.layer == layer}
+            full = {_spec(r.method): r for r in mine if r.setting == "difull" and r.layer == layer}
             drops = [m for m in gradient if m in part and m in full and part[m].median < full[m].median - 1e-9]
             if drops and layer == "input":
                 checks = "; ".join(f"{m}: {evidence.delta(part[m], full[m], claim_positive=False)}" for m in drops)
                 out.append(f"{model}, DiPart vs DiFull at the input: {', '.join(drops)} score lower in DiPart, where receptive fields overlap the cell borders ({checks}).")
-        uniform = [r for r in mine if r.setting == "gridpg" and r.layer == "final" and r.method in ("grad", "guided-backprop") and abs(r.q1 - r.chance) < 1e-6 and abs(r.q3 - r.chance) < 1e-6]
+        uniform = [r for r in mine if r.setting == "gridpg" and r.layer == "final" and _spec(r.method) in ("grad", "guided-backprop") and abs(r.q1 - r.chance) < 1e-6 and abs(r.q3 - r.chance) < 1e-6]
         if uniform:
             check = ""
             if all(_has(r.median_ci) for r in uniform):
@@ -209,8 +217,8 @@ def smoothing_findings(rows: list) -> list[str]:
         for setting in PAPER_SETTINGS:
             here = [r for r in rows if r.model == model and r.setting == setting and r.layer == "input"]
             for family, base, _ in FAMILIES:
-                original = next((r for r in here if r.method == base), None)
-                smoothed = [r for r in here if r.method.split(":")[0] == family]
+                original = next((r for r in here if _spec(r.method) == base), None)
+                smoothed = [r for r in here if _spec(r.method).split(":")[0] == family]
                 if original is None or not smoothed:
                     continue
                 best = max(smoothed, key=lambda r: (r.median, r.mean))
@@ -263,7 +271,7 @@ def write_summary(
     smooth = [r for r in rows if not _base_method(r.method)]
     if smooth:
         lines += ["## Smoothing and SmoothGrad (input layer)", "", "| setting | model | method | median [quartiles] |", "|---|---|---|---|"]
-        for r in sorted(smooth, key=lambda r: (r.setting, r.model, r.method.split(":")[0], int(r.method.split("=")[-1]) if "k=" in r.method else 0)):
+        for r in sorted(smooth, key=lambda r: (r.setting, r.model, _spec(r.method).split(":")[0], int(_spec(r.method).split("=")[-1]) if "k=" in r.method else 0)):
             lines.append(f"| {r.setting} | {r.model} | {r.method} | {r.median:.3f} [{r.q1:.2f}, {r.q3:.2f}] |")
         lines.append("")
     if correlations:

@@ -100,12 +100,16 @@ def run_study(
     force: bool = False,
     launcher: str = "inline",
     partition: str | None = None,
+    precision: str = "fp32",
     progress: Progress | None = None,
     log: Log | None = None,
 ) -> StudyResult:
     """Run the preset's whole study; see the module docstring. ``launcher`` ``local`` or
-    ``slurm`` (with ``partition``) runs the attributions as submitit job arrays."""
+    ``slurm`` (with ``partition``) runs the attributions as submitit job arrays. ``precision``
+    (:mod:`attrcli.engine.precision`) computes every attribution in it, under keys of its own
+    (``gradcam@bf16``); scores, AggAtt, correlations and the report follow those keys."""
     from attrcli.devices import resolve_device
+    from attrcli.engine.precision import check_device, key_suffix
     from attrcli.models.registry import check_weights
     from attrcli.plots.common import check_format
     from attrcli.stages.aggatt import aggatt
@@ -121,6 +125,7 @@ def run_study(
     check_format(fmt)
     say = log or (lambda message: None)
     dev = resolve_device(device)
+    precision = check_device(precision, dev)
     weights = weights or {}
     unknown = sorted(set(weights) - set(study.models))
     if unknown:
@@ -135,7 +140,8 @@ def run_study(
     for model, file in weights.items():
         check_weights(model, file)
     batch = batch_size if batch_size is not None else study.batch_size
-    report_dir = Path(reports_dir) / study.name
+    label = study.name + key_suffix(precision)  # a bf16 study reports apart: reports/digits@bf16
+    report_dir = Path(reports_dir) / label
     result = StudyResult(report_dir=report_dir, summary=report_dir / "summary.md")
     output_target(result.summary, what="summary")
 
@@ -151,7 +157,7 @@ def run_study(
     requests = []
     for model in study.models:
         common = {"model": model, "device": dev, "batch_size": batch, "force": force, "cache_root": cache_root,
-                  "weights": weights.get(model)}
+                  "weights": weights.get(model), "precision": precision}
         for setting in study.settings:
             grids = grid_files["corners" if setting != "gridpg" else "distinct"]
             requests.append(AttributeRequest(grids=grids, setting=setting, layers=list(study.layers),
@@ -178,7 +184,7 @@ def run_study(
     correlations = []
     for model in study.models:
         keys = [p for p in scores if _is_paper_key(ArtifactKey.from_path(p), model, study.methods)]
-        correlations.append(correlate(score_paths=keys, name=f"{study.name}-gridpg-{model}", cache_root=cache_root, force=force).path)
+        correlations.append(correlate(score_paths=keys, name=f"{label}-gridpg-{model}", cache_root=cache_root, force=force).path)
 
     say("figures")
     from attrcli.stages.report import draw_figures, write_summary
@@ -193,8 +199,11 @@ def run_study(
 
 
 def _is_paper_key(key: ArtifactKey, model: str, methods: tuple[str, ...]) -> bool:
-    """A GridPG key of ``model`` whose method is one of the study's (the correlations' keys)."""
-    return key.setting == "gridpg" and key.model == model and key.method in methods
+    """A GridPG key of ``model`` whose method is one of the study's (the correlations' keys), in
+    any precision (a study computes in one)."""
+    from attrcli.engine.precision import split_key_method
+
+    return key.setting == "gridpg" and key.model == model and split_key_method(key.method)[0] in methods
 
 
 def _attribute(

@@ -6,7 +6,7 @@ import pytest
 
 from attrcli.errors import TaskError, UserError
 from attrcli.stages import launch
-from attrcli.stages.attribute import attribute
+from attrcli.stages.attribute import attribute, run_attribute
 from attrcli.stages.launch import LaunchOptions
 from attrcli.stages.plan import AttributeRequest
 from attrcli.store import ArtifactKey, read_artifact
@@ -73,6 +73,9 @@ def test_launch_errors(tmp_path, monkeypatch):
         LaunchOptions(launcher="local", shard_count=2)
     with pytest.raises(TypeError, match="batchsize"):
         AttributeRequest(grids=g, batchsize=2)
+    with pytest.raises(UserError, match="shards=2 without a shard"):  # inline: one process, no shards
+        run_attribute(request(tmp_path, grids=g, shards=2))
+    assert not (tmp_path / "attributions").exists()
     monkeypatch.setattr(launch, "_run_task", lambda kw: (_ for _ in ()).throw(UserError("boom")))
     with pytest.raises(TaskError, match=r"task 7_0 \(setting gridpg, shard 0/2\) failed: UserError: boom"):
         launch.launch_attribute(request(tmp_path, grids=g, shards=2), LaunchOptions(launcher="local"))
