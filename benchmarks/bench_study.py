@@ -174,9 +174,7 @@ def model_names(model: str, study: Study, cell_size: int) -> tuple[str, str | No
 
 def spec_for(method: str, map_size: int, study: Study) -> str:
     """The spec of ``method`` at a layer whose grid-layout map is ``map_size`` wide."""
-    spec = method_spec(method, map_size, study.reduced)
-    if method == "occlusion":
-        return spec + (",scheme=inside" if ":" in spec else ":scheme=inside")
+    spec = method_spec(method, map_size, study.reduced)  # occlusion: Captum's scheme=inside
     if method in ("smoothgrad-ixg", "smoothgrad-intgrad") and study.samples:
         steps = f",steps={study.reduced.steps}" if method == "smoothgrad-intgrad" and study.reduced.steps else ""
         return f"{method}:samples={study.samples}{steps}"
