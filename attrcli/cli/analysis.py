@@ -24,8 +24,20 @@ import typer
 from rich.table import Table
 
 from attrcli.cli.app import command, emit, err, progress_bar
-from attrcli.cli.options import Force, Grids, Layer, Method, Model, Paths, Setting, selected
-from attrcli.devices import DEVICE_HELP
+from attrcli.cli.options import (
+    Device,
+    Force,
+    Grids,
+    Json,
+    Layer,
+    Method,
+    Model,
+    Paths,
+    Quiet,
+    Setting,
+    Wait,
+    selected,
+)
 from attrcli.names import AGGATT_MAX_SIZE as MAX_SIZE
 from attrcli.names import INTERVAL_METHODS as METHODS
 
@@ -42,14 +54,6 @@ CacheDir = Annotated[
         "--cache-dir", help="Cache folder (default: 'cache' with --grids, else the inputs' own)."
     ),
 ]
-Json = Annotated[
-    bool, typer.Option("--json", help="Print a JSON summary on stdout instead of paths.")
-]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
-Wait = Annotated[
-    bool, typer.Option("--wait", help="Wait for another process writing the same artifact.")
-]
-Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 Confidence = Annotated[
     float, typer.Option("--confidence", help="Confidence level of the bootstrap intervals.")
 ]

@@ -19,13 +19,9 @@ from attrcli.cli.analysis import (
     CacheDir,
     CiMethod,
     Confidence,
-    Device,
-    Json,
     Name,
-    Quiet,
     Resamples,
     Seed,
-    Wait,
     bootstrap_config,
     ci_level,
     ci_text,
@@ -33,7 +29,7 @@ from attrcli.cli.analysis import (
     select,
 )
 from attrcli.cli.app import command, emit, err
-from attrcli.cli.options import Force, Grids, Layer, Method, Model, Paths, Setting
+from attrcli.cli.options import Device, Force, Grids, Json, Layer, Method, Model, Paths, Quiet, Setting, Wait
 from attrcli.errors import UserError
 from attrcli.names import ALL, CORRECTION
 from attrcli.names import PAIRED_TEST as TEST

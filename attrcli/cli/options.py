@@ -141,8 +141,8 @@ Force = Annotated[bool, typer.Option("--force", help="Recompute even if up to da
 Wait = Annotated[
     bool, typer.Option("--wait", help="Wait for another process that holds an artifact's lock instead of exiting.")
 ]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of paths.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout instead of paths.")]
 
 # Scale-out: attribute --launcher, launch and run.
 Launcher = Annotated[

@@ -79,9 +79,6 @@ class ArtifactKey:
         path = self.path(root)
         return path.with_name(path.name + PARTIAL)
 
-    def with_shard(self, shard: tuple[int, int] | None) -> "ArtifactKey":
-        return ArtifactKey(self.stage, self.grids, self.setting, self.model, self.layer, self.method, shard)
-
     def shards_on_disk(self, root: Path | str) -> list["ArtifactKey"]:
         """The shard keys of this (unsharded) artifact found under ``root``, by shard count then
         index: ``shard-0-of-2``, ``shard-1-of-2``, ``shard-0-of-3``..."""
@@ -203,19 +200,6 @@ class GridFileKey:
     def path(self, folder: Path | str) -> Path:
         return Path(folder) / f"{self.name}{SUFFIX}"
 
-    @classmethod
-    def from_path(cls, path: Path | str) -> "GridFileKey":
-        return cls(grids_part(path))
-
-    @classmethod
-    def glob(cls, folder: Path | str) -> list["GridFileKey"]:
-        """The grid files directly in ``folder``, sorted by name (hidden files skipped)."""
-        out = []
-        for path in sorted(Path(folder).glob(f"*{SUFFIX}")):
-            if path.is_file() and _GRIDS.match(path.stem):
-                out.append(cls(path.stem))
-        return out
-
 
 @dataclass(frozen=True)
 class CorrelationKey:
@@ -237,17 +221,6 @@ class CorrelationKey:
         if path.suffix != SUFFIX or path.parent.name != CORRELATIONS:
             raise UserError(f"{path} is not a correlation artifact (expected <root>/correlations/<name>.h5)")
         return cls(path.stem)
-
-    @classmethod
-    def glob(cls, root: Path | str) -> list["CorrelationKey"]:
-        out = []
-        for path in sorted((Path(root) / CORRELATIONS).glob(f"*{SUFFIX}")):
-            if path.is_file() and not path.name.startswith("."):
-                try:
-                    out.append(cls(path.stem))
-                except UserError:
-                    continue
-        return out
 
 
 def iter_checkpoint_folders(root: Path | str, stage: str = "attributions") -> Iterator[tuple[ArtifactKey, Path]]:
