@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -20,35 +19,17 @@ import _baseline_loop as loop
 import _baseline_work as work
 import bench_baseline as bench
 
+from tests.benchmarks.tiny_model import CLASSES, tiny_vgg
 from attrcli.models.adapter import ModelAdapter, vgg_adapter
 
-CLASSES = 5
 REDUCED = work.Reduced(steps=3, masks=8, windows=3)  # windows=3 on 16 px: k=s=6, not flush
-
-
-class TinyVGG(nn.Module):
-    """Three conv layers (ReLU after each), 8-pixel cells to a 2×2 map, a two-layer classifier."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.avgpool = nn.Identity()
-        self.classifier = nn.Sequential(nn.Linear(6 * 2 * 2, 8), nn.ReLU(), nn.Linear(8, CLASSES))
 
 
 def tiny_adapter() -> ModelAdapter:
     """The tiny model with its last layer scaled up: gradients of order one, as in trained models,
     far above the 1e-6 that pytorch-grad-cam adds to Grad-CAM++'s denominator (which dominates
     at the 1e-4 gradients of the plain random initialisation)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        module = TinyVGG()
-    with torch.no_grad():
-        module.classifier[-1].weight.mul_(1000.0)
+    module = tiny_vgg(last_layer_scale=1000.0)
     adapter = vgg_adapter(module, name="tiny", cell_size=8, mean=(0.5,) * 3, std=(0.25,) * 3, num_classes=CLASSES)
     adapter.weights_hash = "tiny"
     return adapter

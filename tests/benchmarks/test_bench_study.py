@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -20,37 +19,19 @@ import _baseline_work as work
 import _study_models
 import bench_study as bench
 
+from tests.benchmarks.tiny_model import CLASSES, tiny_vgg
 from attrcli.models.adapter import vgg_adapter
 
-CLASSES = 5
 METHODS = ("grad", "occlusion", "rise")
 EXTRA = ("smoothgrad-ixg",)
 LAYERS = ("input", "final")
-
-
-class TinyVGG(nn.Module):
-    """Three conv layers (ReLU after each), 8-pixel cells to a 2×2 map, a two-layer classifier."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.avgpool = nn.Identity()
-        self.classifier = nn.Sequential(nn.Linear(6 * 2 * 2, 8), nn.ReLU(), nn.Linear(8, CLASSES))
 
 
 @pytest.fixture(scope="module")
 def tiny():
     """The tiny model as `_study_models:tiny-c8` (the factory's memo, so the CLI gets it too),
     on one torch thread; both restored afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        module = TinyVGG()
-    with torch.no_grad():
-        module.classifier[-1].weight.mul_(100.0)  # gradients of order one
+    module = tiny_vgg(last_layer_scale=100.0)
     adapter = vgg_adapter(module, name="tiny-c8", cell_size=8, mean=(0.5,) * 3, std=(0.25,) * 3, num_classes=CLASSES)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
