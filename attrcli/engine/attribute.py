@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +26,7 @@ from attrcli.engine.checkpoint import Checkpoint, InMemory
 from attrcli.engine.context import AttributionContext
 from attrcli.engine.gradients import GUIDED, PLAIN, shared_gradients
 from attrcli.engine.precision import DEFAULT as FP32
-from attrcli.engine.precision import precision_context
+from attrcli.engine.precision import cuda_tf32, precision_context
 from attrcli.progress import Progress
 from attrcli.threads import forward_macs, threads_for, torch_threads
 
@@ -71,21 +71,10 @@ def channels_last(module: torch.nn.Module, device: torch.device) -> Iterator[Non
             param.requires_grad_(requires_grad)
 
 
-@contextmanager
-def exact_float32() -> Iterator[None]:
-    """Full float32 matrix products and convolutions on CUDA while maps are computed.
-
-    PyTorch lets cuDNN convolutions use TF32 by default (10-bit mantissa); on an H200 that moved
-    float32 maps of a random VGG by up to 11 % of their maximum against the CPU, without it
-    1e-6. The previous settings are restored on exit.
-    """
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.allow_tf32, matmul.allow_tf32
-    cudnn.allow_tf32 = matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
+def exact_float32() -> AbstractContextManager[None]:
+    """Full float32 matrix products and convolutions on CUDA while maps are computed
+    (:func:`~attrcli.engine.precision.cuda_tf32` off: fp32's setting)."""
+    return cuda_tf32(False)
 
 
 @contextmanager
