@@ -150,7 +150,7 @@ def _score_tables(rows: list[ScoreSummary]) -> None:
             caption=f"[CI]: {level}, bootstrap over grid images" if level != "CI" else None,
         )
         columns = ("method", "layer", "count", "median [CI]", "q1", "q3", "mean [CI]",
-                   "perfect % [CI]")
+                   "perfect % [CI]", "pointing % [CI]")
         for name in columns:
             table.add_column(name, justify="left" if name in ("method", "layer") else "right")
         for row in sorted(members, key=lambda r: r.method):
@@ -163,6 +163,7 @@ def _score_tables(rows: list[ScoreSummary]) -> None:
                 fmt(row.q3),
                 fmt(row.mean) + ci_text(row.mean_ci, 2),
                 f"{100 * row.perfect:.1f}" + ci_text(row.perfect_ci, percent=True),
+                fmt(100 * row.pointing, 1) + ci_text(row.pointing_ci, percent=True),
             )
         err.print(table)
 

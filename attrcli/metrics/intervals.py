@@ -8,7 +8,8 @@ indices with a vectorised statistic that gathers the heads of the drawn grids; t
 seeded, so an interval is reproducible.
 
 - :func:`score_intervals`: intervals of one key's median score, mean score and share of perfect
-  scores;
+  scores; :func:`mean_interval`: the interval of a mean of per-attribution values (the
+  pointing game's hit rate, a sanity check's similarity);
 - :func:`spearman_intervals`: intervals of Spearman coefficients, the same grid images drawn for
   both keys of a pair (paired resampling of the same attributions);
 - :func:`compare_keys`: paired differences between keys covering the same attributions, with
@@ -170,6 +171,25 @@ def score_intervals(scores: np.ndarray, config: BootstrapConfig) -> np.ndarray:
         config,
         per_unit=scores.shape[1],
     )
+
+
+def mean_interval(values: np.ndarray, config: BootstrapConfig) -> np.ndarray:
+    """Interval ``(2,)`` of the mean of ``(N, T)`` per-attribution values (pointing-game hits as
+    0/1: the hit rate), grid images resampled; NaN values are left out of each mean."""
+    values = _as_scores(values)
+    if values.size == 0:
+        return np.full(2, np.nan)
+    has_nan = bool(np.isnan(values).any())
+
+    def statistic(index: np.ndarray) -> np.ndarray:
+        picked = _gathered(values, index)
+        if has_nan:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a resample of NaN only: NaN
+                return np.nanmean(picked, axis=-1)[None]
+        return picked.mean(axis=-1)[None]
+
+    return bootstrap_units(len(values), statistic, config, per_unit=values.shape[1])[0]
 
 
 def draws(index: np.ndarray, count: int) -> np.ndarray:

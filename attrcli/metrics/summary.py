@@ -43,6 +43,8 @@ class ScoreSummary:
     median_ci: tuple[float, float] = NAN_PAIR  # (low, high); NaN when not stored
     mean_ci: tuple[float, float] = NAN_PAIR
     perfect_ci: tuple[float, float] = NAN_PAIR
+    pointing: float = float("nan")  # pointing-game hit rate; NaN for artifacts without hits
+    pointing_ci: tuple[float, float] = NAN_PAIR
     confidence: float | None = None  # level of the intervals; None when the artifact has none
     interval_method: str | None = None
     resamples: int | None = None
@@ -70,7 +72,9 @@ def summarize(score_paths: list[Path]) -> list[ScoreSummary]:
     """Median, quartiles, mean and share of perfect scores per score artifact, with intervals.
 
     Quartiles are numpy's linear-interpolation percentiles. "Perfect" means ``>= 1 - 1e-9``. The
-    intervals are those stored by ``score`` (grid images resampled); NaN when absent.
+    intervals are those stored by ``score`` (grid images resampled); NaN when absent. The
+    pointing game's hit rate is the share of attributions whose map peaks in the target cell
+    (dataset ``pointing``), with its stored interval; NaN for artifacts written before it.
     """
     rows = []
     for path in unique_paths(score_paths):
@@ -89,6 +93,12 @@ def summarize(score_paths: list[Path]) -> list[ScoreSummary]:
         n = int(artifact.attrs.get("n", 0))
         intervals = stored_intervals(artifact)
         has = bool(intervals)
+        hits = artifact.data.get("pointing")
+        hit_rate = float(np.mean(hits)) if hits is not None and np.size(hits) else float("nan")
+        stored_ci = artifact.data.get("pointing_interval")
+        hit_ci = NAN_PAIR
+        if stored_ci is not None and np.shape(stored_ci) == (2,):
+            hit_ci = (float(stored_ci[0]), float(stored_ci[1]))
         rows.append(
             ScoreSummary(
                 path=str(path),
@@ -107,6 +117,8 @@ def summarize(score_paths: list[Path]) -> list[ScoreSummary]:
                 median_ci=intervals.get("median", NAN_PAIR),
                 mean_ci=intervals.get("mean", NAN_PAIR),
                 perfect_ci=intervals.get("perfect", NAN_PAIR),
+                pointing=hit_rate,
+                pointing_ci=hit_ci,
                 confidence=_attr(artifact.attrs, "confidence", float, has),
                 interval_method=_attr(artifact.attrs, "interval_method", str, has),
                 resamples=_attr(artifact.attrs, "resamples", int, has),

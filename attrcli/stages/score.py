@@ -3,7 +3,10 @@
 Each attribution ``<root>/attributions/<key>.h5`` gets ``<root>/scores/<key>.h5`` (the cache
 folder defaults to the one the attribution lives in, so stages chained by pipes stay together).
 A score artifact's config includes its intervals' (confidence, resamples, method, seed), so
-changing them recomputes the intervals only, from the stored scores. The stages that relate
+changing them recomputes the intervals only, from the stored scores. Beside the scores it holds
+the pointing-game hit of every attribution (dataset ``pointing``, uint8 0/1 in the order of
+``scores``; the tie rule is :mod:`attrcli.metrics.localization`'s) and the interval of the hit
+rate (``pointing_interval``). The stages that relate
 keys (``aggatt``, ``correlate``, ``compare``) score what they need through :func:`score_one`
 and :func:`load_scores`.
 """
@@ -18,7 +21,12 @@ import h5py
 import numpy as np
 
 from attrcli.errors import UserError
-from attrcli.metrics.intervals import SCORE_STATISTICS, BootstrapConfig, score_intervals
+from attrcli.metrics.intervals import (
+    SCORE_STATISTICS,
+    BootstrapConfig,
+    mean_interval,
+    score_intervals,
+)
 from attrcli.metrics.localization import localization_scores
 from attrcli.metrics.selection import (
     AttributionInfo,
@@ -41,8 +49,11 @@ SCORE_CONFIG = {
     "upsample": "bilinear",
     "align_corners": False,
     "negatives": "dropped after upsampling",
+    "pointing": "hit: positive maximum of the upsampled map, reached inside the target cell only",
     "version": 1,
 }
+#: The statistics ``compare`` and ``correlate`` can read from a score artifact: its dataset.
+STATISTICS = {"score": "scores", "pointing": "pointing"}
 
 
 def score(
@@ -142,12 +153,15 @@ def score_one(
                 stored = read_artifact(out)
             except UserError:
                 intervals_only = False
+        if intervals_only and "pointing" not in stored.data:
+            intervals_only = False
         if intervals_only:
-            data = {k: v for k, v in stored.data.items() if k != "intervals"}
+            data = {k: v for k, v in stored.data.items() if k not in ("intervals", "pointing_interval")}
             attrs = dict(stored.attrs)
         else:
             data, attrs = _compute_scores(source, device, progress)
         data["intervals"] = score_intervals(data["scores"], bootstrap)
+        data["pointing_interval"] = mean_interval(data["pointing"].astype(np.float64), bootstrap)
         attrs.update(interval_statistics=list(SCORE_STATISTICS), **bootstrap.attrs())
         write_artifact(
             out,
@@ -170,7 +184,7 @@ def _compute_scores(
     """The datasets and attributes of a score artifact, from the attribution's maps."""
     with h5py.File(source.path, "r") as handle:
         try:
-            scores, numerators = localization_scores(
+            scores, numerators, hits = localization_scores(
                 handle["maps"],
                 cells=source.identity.cells,
                 n=source.n,
@@ -178,6 +192,7 @@ def _compute_scores(
                 device=device,
                 progress=progress,
                 label=f"score {source.key.label()}",
+                pointing=True,
             )
         except UserError as exc:
             raise UserError(f"{source.path}: {exc}") from None
@@ -197,6 +212,7 @@ def _compute_scores(
         "grid_index": source.identity.grid_index,
         "cells": source.identity.cells,
         "heads": source.identity.heads,
+        "pointing": hits,
     }
     return data, attrs
 
@@ -207,9 +223,13 @@ def load_scores(
     device: torch.device | str,
     progress: Progress | None,
     wait: bool,
+    statistic: str = "score",
 ) -> dict[ArtifactKey, np.ndarray]:
-    """Each key's float64 ``(N, T)`` scores, computing missing or stale ones first (their
-    intervals are not needed here)."""
+    """Each key's float64 ``(N, T)`` scores (``statistic="pointing"``: pointing-game hits as 0.0
+    or 1.0), computing missing or stale ones first (their intervals are not needed here)."""
+    if statistic not in STATISTICS:
+        raise UserError(f"unknown statistic {statistic!r}; valid: {', '.join(STATISTICS)}")
+    dataset = STATISTICS[statistic]
     files = {
         item.key: item.scores
         if item.attribution is None
@@ -218,7 +238,11 @@ def load_scores(
         )[0].path
         for item in items
     }
-    return {
-        key: np.asarray(read_artifact(path, names=["scores"]).data["scores"], dtype=np.float64)
-        for key, path in files.items()
-    }
+    out = {}
+    for key, path in files.items():
+        try:
+            values = read_artifact(path, names=[dataset]).data[dataset]
+        except UserError as exc:
+            raise UserError(f"{exc} (score it again: attrcli score {path})") from None
+        out[key] = np.asarray(values, dtype=np.float64)
+    return out
