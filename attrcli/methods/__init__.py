@@ -2,10 +2,13 @@
 
 from attrcli.methods import (  # noqa: F401  (each module registers its method)
     ablationcam,
+    baselines,
+    eigencam,
     grad,
     gradcam,
     gradcampp,
     guided_backprop,
+    hirescam,
     intgrad,
     ixg,
     layercam,
@@ -15,6 +18,7 @@ from attrcli.methods import (  # noqa: F401  (each module registers its method)
     scorecam,
     smoothgrad,
     smoothing,
+    xgradcam,
 )
 from attrcli.methods.base import METHODS, Method, MethodSpec, parse_method, split_methods
 
