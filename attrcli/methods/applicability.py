@@ -9,6 +9,8 @@ method is checked the same way:
   map and run the rest of the network on it; in a ViT the rest of the network also reads the
   class token of that block, which has no position in the map. Gradient methods need no such
   input: the gradient at the patch tokens is the same whatever the class token is held at.
+  Methods that only read the layer's activations and run nothing after it (EigenCAM; class
+  attribute ``reads_layer_only``) run there too.
 - A method class may define ``model_problem(model, layer) -> str | None`` for its own limits
   (LRP: rules exist for ReLU CNNs only).
 
@@ -38,7 +40,7 @@ def method_problem(setting: GridSetting, method: type | object, layer: str) -> s
         problem = guided_problem(model.module)
         if problem:
             return problem
-    if cls.kind != "gradient" and model.is_token_layer(layer):
+    if cls.kind != "gradient" and not getattr(cls, "reads_layer_only", False) and model.is_token_layer(layer):
         return (
             f"layer {layer} is a token layer, where only gradient methods run (the rest of the "
             "network also reads the class token, which has no position in the map)"
