@@ -4,10 +4,13 @@ A registered model is a spec: how to build the module, which adapter family spli
 feature blocks and a head, and where its default weights come from (torchvision's cache, or the
 digits models trained on first use). A user's own model is given as ``module:attr`` where
 ``attr`` is a :class:`ModelSpec` or a zero-argument factory returning a
-:class:`~attrcli.models.adapter.ModelAdapter`.
+:class:`~attrcli.models.adapter.ModelAdapter`. ``timm:NAME`` and ``bcos:NAME`` name the models
+of those packages (:mod:`attrcli.models.timm_models`, :mod:`attrcli.models.bcos_models`); their
+specs are built on first use.
 
-Weights are only ever loaded with ``torch.load(..., weights_only=True)``: a file that would need
-to run code to unpickle is refused.
+Weights are only ever loaded with ``torch.load(..., weights_only=True)`` or, for
+``.safetensors`` files, with the safetensors library: a file that would need to run code to
+unpickle is refused.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ from torch import nn
 from attrcli.devices import resolve_device
 from attrcli.errors import UserError
 from attrcli.models.adapter import ModelAdapter, resnet_adapter, vgg_adapter
+from attrcli.models.bcos_models import bcos_adapter, bcos_spec
 from attrcli.models.convnext import convnext_adapter
 from attrcli.models.swin import swin_adapter
+from attrcli.models.timm_models import timm_adapter, timm_spec
 from attrcli.models.vit import vit_adapter
+from attrcli.models.weights_hash import module_weights_hash, weights_snapshot, with_hash
 from attrcli.progress import Progress
 from attrcli.registry import Registry
 from attrcli.store import content_hash
@@ -39,7 +45,11 @@ RANDOM = "random"
 INIT_SEED = 0
 FAMILIES: dict[str, Callable[..., ModelAdapter]] = {
     "vgg": vgg_adapter, "resnet": resnet_adapter, "convnext": convnext_adapter, "swin": swin_adapter, "vit": vit_adapter,
+    "timm": timm_adapter, "bcos": bcos_adapter,
 }
+#: ``PREFIX:NAME`` model names resolved by a package's own registry: prefix -> spec builder.
+PACKAGES: dict[str, Callable[[str], "ModelSpec"]] = {"timm": timm_spec, "bcos": bcos_spec}
+SAFETENSORS = ".safetensors"
 
 
 class DefaultWeights(Protocol):
@@ -83,7 +93,26 @@ class ModelSpec:
         return adapter
 
 
-MODELS: Registry[ModelSpec] = Registry("model")
+class ModelRegistry(Registry):
+    """The model registry; ``timm:NAME`` and ``bcos:NAME`` resolve to specs built (once) from
+    those packages, everything else as in :class:`~attrcli.registry.Registry`."""
+
+    def __init__(self) -> None:
+        super().__init__("model")
+        self._packages: dict[str, ModelSpec] = {}
+
+    def get(self, name: str):
+        prefix, sep, rest = name.partition(":")
+        if not sep or prefix not in PACKAGES:
+            return super().get(name)
+        if name not in self._packages:
+            if not rest.strip():
+                raise UserError(f"invalid model {name!r}: use {prefix}:NAME (attrcli models --family {prefix})")
+            self._packages[name] = PACKAGES[prefix](rest.strip())
+        return self._packages[name]
+
+
+MODELS: ModelRegistry = ModelRegistry()
 
 
 def list_models() -> list[str]:
@@ -113,8 +142,28 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def load_safetensors_file(path: Path) -> StateDict:
+    """Read a ``.safetensors`` state dict with the safetensors library (no pickle at all)."""
+    try:
+        from safetensors import SafetensorsError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"{path} is a safetensors file and the safetensors package is not installed: "
+                        "pip install 'attrcli[safetensors]'") from None
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorsError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(
+            f"{path} is not a readable safetensors file (corrupt or truncated): {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    if not state:
+        raise UserError(f"{path} is not a state dict (it holds no tensors)")
+    return state
+
+
 def load_state_dict_file(path: Path | str) -> StateDict:
-    """Read a state dict without executing code (``weights_only=True``).
+    """Read a state dict without executing code: ``.safetensors`` files with the safetensors
+    library, anything else with ``torch.load(weights_only=True)``.
 
     A checkpoint that wraps the state dict as ``{"state_dict": ...}`` is unwrapped.
     """
@@ -122,6 +171,8 @@ def load_state_dict_file(path: Path | str) -> StateDict:
     if not path.is_file():
         problem = "is not a file" if path.exists() else "does not exist"
         raise UserError(f"weights file {path} {problem}")
+    if path.suffix == SAFETENSORS:
+        return load_safetensors_file(path)
     try:
         with warnings.catch_warnings():  # torch's multi-line notes on odd pickles: the error says it
             warnings.simplefilter("ignore")
@@ -163,27 +214,28 @@ def apply_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, mo
 
 def check_state_fit(module: nn.Module, state: Mapping[str, torch.Tensor], *, model: str, source: str) -> None:
     """Refuse (UserError) a state dict whose keys or shapes do not fit ``module`` (which may be
-    on the meta device: only names and shapes are compared)."""
+    on the meta device: only names and shapes are compared). The one line names the first
+    missing parameter, the first unexpected one and the first of a wrong shape, each if any."""
     expected = module.state_dict()
-    for key, tensor in expected.items():
-        if key not in state and key.endswith("num_batches_tracked"):
-            continue  # absent from checkpoints older than PyTorch 0.4.1; BatchNorm fills it in
-        if key not in state:
-            raise UserError(
-                f"weights {source} do not fit model {model}: parameter {key} "
-                f"(shape {tuple(tensor.shape)}) is missing"
-            )
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise UserError(
-                f"weights {source} do not fit model {model}: parameter {key} has shape "
-                f"{tuple(state[key].shape)} in the file, the model needs {tuple(tensor.shape)}"
-            )
+    missing = [
+        key for key in expected
+        if key not in state and not key.endswith("num_batches_tracked")  # absent before PyTorch 0.4.1
+    ]
+    wrong = [key for key in expected if key in state and tuple(state[key].shape) != tuple(expected[key].shape)]
     extra = [key for key in state if key not in expected]
+    problems = []
+    if missing:
+        problems.append(f"parameter {missing[0]} (shape {tuple(expected[missing[0]].shape)}) is missing")
     if extra:
-        raise UserError(
-            f"weights {source} do not fit model {model}: unexpected parameter {extra[0]} "
-            f"(shape {tuple(state[extra[0]].shape)})"
+        problems.append(f"unexpected parameter {extra[0]} (shape {tuple(state[extra[0]].shape)})")
+    if wrong:
+        key = wrong[0]
+        problems.append(
+            f"parameter {key} has shape {tuple(state[key].shape)} in the file, the model needs {tuple(expected[key].shape)}"
         )
+    if problems:
+        counts = f" ({len(missing)} missing, {len(extra)} unexpected, {len(wrong)} of a wrong shape)"
+        raise UserError(f"weights {source} do not fit model {model}: " + "; ".join(problems) + counts)
 
 
 def check_weights(name: str, weights: str | Path) -> None:
@@ -268,6 +320,7 @@ def create_model(
     ``progress(description, done, total)`` reports training of the digits models.
     """
     target = resolve_device(device)
+    before = weights_snapshot(weights)  # the weights file's identity before it is read (hash cache)
     obj = MODELS.get(name)
     if isinstance(obj, ModelSpec):
         adapter = _from_spec(obj, weights, Path(cache_dir), progress)
@@ -279,7 +332,10 @@ def create_model(
             "factory returning a ModelAdapter"
         )
     adapter.module.eval()
-    adapter.weights_hash = state_dict_hash(adapter.module.state_dict())
+    adapter = with_hash(adapter, module_weights_hash(  # attrcli/models/weights_hash.py
+        adapter, model=name, source=before, cache_dir=cache_dir, hash_state=state_dict_hash,
+        vouched=not isinstance(obj, ModelSpec),
+    ))
     return adapter.to(target)
 
 

@@ -78,6 +78,13 @@ def file_hash(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def _raw(array: np.ndarray) -> memoryview | bytes:
+    """The bytes of a C-contiguous array as ``tobytes()`` gives them, without the copy."""
+    if array.dtype.hasobject:
+        return array.tobytes()
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
 def content_hash(*items: Any) -> str:
     """SHA-256 over arrays (dtype, shape and bytes) and JSON-able values, in order."""
     digest = hashlib.sha256()
@@ -85,7 +92,7 @@ def content_hash(*items: Any) -> str:
         if isinstance(item, np.ndarray):
             array = np.ascontiguousarray(item)
             digest.update(f"{array.dtype.str}{array.shape}".encode())
-            digest.update(array.tobytes())
+            digest.update(_raw(array))
         else:
             digest.update(json.dumps(item, sort_keys=True, default=str).encode())
     return digest.hexdigest()
