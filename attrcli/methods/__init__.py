@@ -3,6 +3,7 @@
 from attrcli.methods import (  # noqa: F401  (each module registers its method)
     ablationcam,
     baselines,
+    deeplift,
     eigencam,
     grad,
     gradcam,
