@@ -43,7 +43,7 @@ from attrcli.errors import AttrcliWarning, TaskError, UserError
 #: The order of ``attrcli --help``: the pipeline, then models and the scale-out commands.
 #: Commands not named here follow in the order they were registered.
 ORDER = (
-    "make-grids", "import-grids", "attribute", "score", "aggatt", "correlate", "compare", "plot",
+    "make-grids", "import-grids", "attribute", "score", "aggatt", "correlate", "compare", "sanity", "plot",
     "run", "models", "launch", "plan", "merge", "status",
 )
 

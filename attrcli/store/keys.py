@@ -255,3 +255,50 @@ class ComparisonKey:
 
     def path(self, root: Path | str) -> Path:
         return Path(root) / "comparisons" / f"{self.name}{SUFFIX}"
+
+
+SANITY = "sanity"
+SANITY_MODES = ("cascading", "independent")
+
+
+@dataclass(frozen=True)
+class SanityKey:
+    """Artifacts of one model-randomisation run (``attrcli sanity``): its ``mode`` and ``seed``.
+
+    ``<root>/sanity/<mode>-seed<seed>/steps/<step>/`` is the cache folder of the maps of the
+    model randomised up to ``step`` (laid out as any cache folder, so the attribute stage caches
+    and checkpoints them); ``<root>/sanity/<mode>-seed<seed>/similarity/<grids>/<setting>/
+    <model>/<layer>/<method>.h5`` holds a key's similarities to the trained model's maps.
+    """
+
+    mode: str
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.mode not in SANITY_MODES:
+            raise UserError(f"unknown randomisation mode {self.mode!r}; valid: {', '.join(SANITY_MODES)}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"--seed {self.seed}: give a non-negative integer")
+
+    def folder(self, root: Path | str) -> Path:
+        return Path(root) / SANITY / f"{self.mode}-seed{self.seed}"
+
+    def step_root(self, root: Path | str, step: str) -> Path:
+        """The cache folder of the maps computed on the model randomised up to ``step``."""
+        if not _PART.match(step) or ".." in step:
+            raise UserError(f"invalid randomisation step {step!r}")
+        return self.folder(root) / "steps" / step
+
+    def similarity_path(self, root: Path | str, key: ArtifactKey) -> Path:
+        """Where the similarities of ``key`` (an attribution key of the trained model) live."""
+        return self.folder(root).joinpath(
+            "similarity", key.grids, key.setting, key.model, key.layer, key.unsharded().filename
+        )
+
+    @classmethod
+    def glob_similarities(cls, root: Path | str) -> list[Path]:
+        """Every similarity artifact under the cache folder ``root``, sorted."""
+        return sorted(
+            p for p in (Path(root) / SANITY).glob(f"*-seed*/similarity/*/*/*/*/*{SUFFIX}")
+            if p.is_file() and not p.name.startswith(".")
+        )
