@@ -3,6 +3,7 @@
 from attrcli.methods import (  # noqa: F401  (each module registers its method)
     ablationcam,
     baselines,
+    bcos,
     deeplift,
     eigencam,
     grad,
@@ -13,6 +14,7 @@ from attrcli.methods import (  # noqa: F401  (each module registers its method)
     intgrad,
     ixg,
     layercam,
+    lime,
     lrp,
     occlusion,
     rise,
