@@ -1,4 +1,5 @@
-"""Models: the registry, torchvision's VGG/ResNet families and the embedded digits models."""
+"""Models: the registry, torchvision's families, the embedded digits models, and timm's and the
+``bcos`` package's models by name (``timm:NAME``, ``bcos:NAME``)."""
 
 # The one device resolver is attrcli.devices'; re-exported here until every caller imports it there.
 from attrcli.devices import resolve_device
@@ -10,6 +11,7 @@ from attrcli.models.registry import (
     ModelSpec,
     create_model,
     describe_model,
+    family_members,
     list_models,
     load_state_dict_file,
     state_dict_hash,
@@ -22,6 +24,7 @@ __all__ = [
     "ModelSpec",
     "create_model",
     "describe_model",
+    "family_members",
     "list_models",
     "load_state_dict_file",
     "resolve_device",

@@ -120,6 +120,20 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
+def family_members(family: str) -> list[str]:
+    """The models of ``family``: ``timm`` and ``bcos`` list what their packages hold that the
+    adapters read (``timm:NAME``, ``bcos:NAME``); any other family its registered models."""
+    if family in PACKAGES:
+        from attrcli.models import bcos_models, timm_models
+
+        names = {"timm": timm_models.supported_names, "bcos": bcos_models.supported_names}[family]()
+        return [f"{family}:{name}" for name in names]
+    known = sorted({spec.family for spec in (MODELS.get(n) for n in MODELS.names()) if isinstance(spec, ModelSpec)})
+    if family not in known and family not in FAMILIES:
+        raise UserError(f"unknown model family {family!r}; valid: {', '.join(sorted(set(known) | set(PACKAGES)))}")
+    return [n for n in MODELS.names() if getattr(MODELS.get(n), "family", None) == family]
+
+
 def build_module(spec: ModelSpec) -> nn.Module:
     """The spec's module with random weights drawn from a fixed seed (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
