@@ -44,7 +44,7 @@ from attrcli.errors import AttrcliWarning, TaskError, UserError
 #: Commands not named here follow in the order they were registered.
 ORDER = (
     "make-grids", "import-grids", "attribute", "score", "aggatt", "correlate", "compare", "sanity", "plot",
-    "run", "models", "launch", "plan", "merge", "status",
+    "run", "export", "report", "models", "launch", "plan", "merge", "status",
 )
 
 err = Console(stderr=True)

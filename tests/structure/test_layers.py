@@ -25,7 +25,7 @@ LAYERS = (
     ("metrics",),
     ("plots",),
     ("stages",),
-    ("cli",),
+    ("cli", "api"),  # the command line and the Python API, side by side on top
 )
 RANK = {name: rank for rank, group in enumerate(LAYERS) for name in group}
 
