@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import PatchCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -22,8 +25,8 @@ from attrcli.plots.common import (
     MAP_CMAP,
     OUTLINE,
     as_stage,
+    fixed_figure,
     method_sort_key,
-    new_figure,
     order_layers,
     order_settings,
     save_figure,
@@ -93,47 +96,116 @@ def row_label(key: ArtifactKey, with_context: bool) -> str:
     return f"{key.setting} · {key.model}\n{label}" if with_context else label
 
 
-def outline_cell(ax, cell: int, n: int, size: int) -> None:
-    """Outline the target ``cell`` of an ``n`` x ``n`` grid shown as a ``size``-pixel image."""
+def cell_box(cell: int, n: int, size: int, x: float, y: float) -> Rectangle:
+    """The outline of the target ``cell`` of an ``n`` x ``n`` grid drawn as a ``size``-pixel
+    block whose top-left pixel edge is at ``(x, y)`` (data units are pixels)."""
     side = size / n
     row, col = divmod(cell, n)
-    ax.add_patch(
-        Rectangle((col * side - 0.5, row * side - 0.5), side, side, fill=False,
-                  edgecolor=OUTLINE, linewidth=1.4)
-    )
+    return Rectangle((x + col * side, y + row * side), side, side)
+
+
+def colour_map(values: np.ndarray) -> np.ndarray:
+    """``values`` (divided by the normaliser) as RGBA bytes on the figures' one scale, 0 to 1."""
+    return colormaps[MAP_CMAP](Normalize(0.0, 1.0)(values), bytes=True)
+
+
+def compose_row(bins: np.ndarray, gap: int) -> np.ndarray:
+    """One key's bin maps (6, S, S) side by side as one RGBA image (S, 6·S + 5·gap, 4), with
+    ``gap`` white pixel columns between bins: the row is drawn with one ``imshow``."""
+    size = bins.shape[-1]
+    row = np.full((size, len(bins) * size + (len(bins) - 1) * gap, 4), 255, dtype=np.uint8)
+    for b, values in enumerate(bins):
+        x = b * (size + gap)
+        row[:, x : x + size] = colour_map(values)
+    return row
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Fixed geometry of a figure of image rows (inches): panels of ``panel`` inches, labels at
+    the left, a title band on top; data units inside the figure's one map axes are pixels."""
+
+    panel: float
+    left: float
+    right: float
+    top: float
+    bottom: float
+    row_gap: float
+
+    def size(self, width: float, rows: int) -> tuple[float, float]:
+        height = self.top + rows * self.panel + (rows - 1) * self.row_gap + self.bottom
+        return self.left + width + self.right, height
+
+
+def label_width(labels: list[str], fontsize: float = 8) -> float:
+    """Inches the longest line of ``labels`` needs at ``fontsize`` (a generous estimate)."""
+    chars = max((len(line) for label in labels for line in label.split("\n")), default=4)
+    return 0.2 + 0.62 * fontsize / 72 * chars
+
+
+def map_axes(fig: Figure, geometry: Geometry, width: float, pixels: tuple[float, float]):
+    """The one axes every row image is drawn in, ``pixels`` (x, y) data units across, y down."""
+    fig_w, fig_h = fig.get_size_inches()
+    height = fig_h - geometry.top - geometry.bottom
+    ax = fig.add_axes((geometry.left / fig_w, geometry.bottom / fig_h, width / fig_w, height / fig_h))
+    ax.set_xlim(0, pixels[0])
+    ax.set_ylim(pixels[1], 0)
+    ax.set_axis_off()
+    return ax
 
 
 def build_aggatt(*, aggatt_paths: list[Path]) -> Figure:
-    """The AggAtt figure of the given AggAtt artifacts (rows = method/layer, columns = bins)."""
+    """The AggAtt figure of the given AggAtt artifacts (rows = method/layer, columns = bins).
+
+    The figure is one axes with one image per row (:func:`compose_row`) and labels as text at
+    fixed places, so drawing it costs its pixels; ``fig.axes[0].images[r]`` is row ``r``.
+    """
     rows = load_aggatt(aggatt_paths)
     context = len({(r.key.grids, r.key.setting, r.key.model) for r in rows}) > 1
-    fig = new_figure(1.35 * len(BIN_LABELS) + 2.2, 1.3 * len(rows) + 0.7)
-    axes = fig.subplots(len(rows), len(BIN_LABELS), squeeze=False)
-    norm = Normalize(0.0, 1.0)
-    image = None
+    labels = [row_label(item.key, context) for item in rows]
+    bins = len(BIN_LABELS)
+    geometry = Geometry(panel=1.25, left=max(0.7, label_width(labels)), right=1.05, top=0.5,
+                        bottom=0.06, row_gap=0.1)
+    gap_in = 0.1
+    width = bins * geometry.panel + (bins - 1) * gap_in
+    fig = fixed_figure(*geometry.size(width, len(rows)))
+    size = max(item.bins.shape[-1] for item in rows)
+    per_inch = size / geometry.panel  # data units (pixels of the largest map) per inch
+    gap, step = gap_in * per_inch, (geometry.panel + geometry.row_gap) * per_inch
+    ax = map_axes(fig, geometry, width, (bins * size + (bins - 1) * gap, (len(rows) - 1) * step + size))
+    frames, outlines = [], []
     for r, item in enumerate(rows):
-        size = item.bins.shape[-1]
-        for b, label in enumerate(BIN_LABELS):
-            ax = axes[r][b]
-            image = ax.imshow(item.bins[b], cmap=MAP_CMAP, norm=norm, interpolation="antialiased")
-            outline_cell(ax, item.cell, item.n, size)
-            ax.set_xticks([])
-            ax.set_yticks([])
+        y, own = r * step, item.bins.shape[-1]
+        scale = size / own  # a smaller map (another model's grids) is shown at the same size
+        ax.imshow(compose_row(item.bins, int(round(gap / scale))), interpolation="antialiased",
+                  extent=(0, (bins * own + (bins - 1) * round(gap / scale)) * scale, y + size, y))
+        for b in range(bins):
+            x = b * (size + gap)
+            frames.append(Rectangle((x, y), size, size))
+            outlines.append(cell_box(item.cell, item.n, size, x, y))
             if item.counts[b] == 0:
-                ax.text(0.5, 0.5, "empty", ha="center", va="center", color="white",
-                        fontsize=8, transform=ax.transAxes)
-            if r == 0:
-                ax.set_title(label, fontsize=9)
-        axes[r][0].set_ylabel(row_label(item.key, context), fontsize=8, rotation=0,
-                              ha="right", va="center")
-    bar = fig.colorbar(image, ax=axes, shrink=min(1.0, 3.0 / len(rows) + 0.2), pad=0.02)
+                ax.text(x + size / 2, y + size / 2, "empty", ha="center", va="center",
+                        color="white", fontsize=8)
+        ax.text(-0.1 * per_inch, y + size / 2, labels[r], ha="right", va="center", fontsize=8)
+    ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="black", linewidth=0.8))
+    ax.add_collection(PatchCollection(outlines, facecolor="none", edgecolor=OUTLINE, linewidth=1.4))
+    for b, label in enumerate(BIN_LABELS):
+        ax.text(b * (size + gap) + size / 2, -0.06 * per_inch, label, ha="center", va="bottom",
+                fontsize=9)
+    fig_w, fig_h = fig.get_size_inches()
+    tall = fig_h - geometry.top - geometry.bottom
+    shrink = min(1.0, 3.0 / len(rows) + 0.2)
+    bar_ax = fig.add_axes(((geometry.left + width + 0.2) / fig_w,
+                           (geometry.bottom + tall * (1 - shrink) / 2) / fig_h,
+                           0.2 / fig_w, tall * shrink / fig_h))
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), MAP_CMAP), cax=bar_ax)
     bar.set_label("attribution / normaliser", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     cells = sorted({r.cell for r in rows})
     where = f"target cell {cells[0]}" if len(cells) == 1 else "target cells outlined"
     key = rows[0].key
     title = "AggAtt" if context else f"AggAtt · {key.setting} · {key.model}"
-    fig.suptitle(f"{title} · {where}", fontsize=10)
+    fig.suptitle(f"{title} · {where}", fontsize=10, y=1 - 0.1 / fig_h, va="top")
     return fig
 
 

@@ -38,6 +38,21 @@ _STAGE_NOUN = {"attributions": "attribution", "scores": "score", "aggatt": "AggA
 _PIPELINE = ("attributions", "scores", "aggatt")
 
 
+#: Resolution of every figure written.
+DPI = 150
+#: The version of the figures' drawing code: a figure cached by the figure stage
+#: (:mod:`attrcli.stages.figures`) is redrawn when it changes. Raise it with any change to what
+#: a figure shows or how it looks.
+DRAWING_VERSION = 2
+#: What the writers would stamp into a file beyond its drawing (software version, date): left
+#: out, so that the same figure drawn twice is the same bytes.
+_NO_STAMPS = {
+    "png": {"Software": None},
+    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+    "svg": {"Creator": None, "Date": None},
+}
+
+
 def new_figure(width: float, height: float) -> Figure:
     """A figure with constrained (tight) layout on an Agg canvas."""
     fig = Figure(figsize=(width, height), layout="constrained")
@@ -45,14 +60,26 @@ def new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, out: Path | str, fmt: str = "png", dpi: int = 150) -> Path:
-    """Write ``fig`` to ``out`` as ``fmt`` atomically (temporary file, then rename)."""
+def fixed_figure(width: float, height: float) -> Figure:
+    """A figure without a layout engine on an Agg canvas: its axes are placed by the caller
+    (figures with many panels, where constrained layout would cost more than the pixels)."""
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, out: Path | str, fmt: str = "png", dpi: int = DPI) -> Path:
+    """Write ``fig`` to ``out`` as ``fmt`` atomically (temporary file, then rename), without
+    dates or versions in the file: unchanged inputs give byte-identical files."""
+    from matplotlib import rc_context
+
     fmt = check_format(fmt)
     out = Path(out)
     if out.suffix.lower() in {f".{f}" for f in FORMATS} and out.suffix.lower() != f".{fmt}":
         raise UserError(f"--out {out} does not match --format {fmt}; use a .{fmt} file name")
     with atomic_output(out, what="--out") as tmp:  # refuses a folder or device, writes through a link
-        fig.savefig(tmp, format=fmt, dpi=dpi, facecolor="white")
+        with rc_context({"svg.hashsalt": "attrcli"}):  # SVG ids from a fixed salt, not a random one
+            fig.savefig(tmp, format=fmt, dpi=dpi, facecolor="white", metadata=_NO_STAMPS[fmt])
     return out
 
 

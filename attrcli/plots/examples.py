@@ -14,12 +14,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from matplotlib.collections import PatchCollection
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from attrcli.errors import UserError
 from attrcli.metrics.localization import upsample_positive
-from attrcli.plots.aggatt import outline_cell, row_label, sort_rows
-from attrcli.plots.common import BIN_LABELS, MAP_CMAP, as_stage, new_figure, save_figure
+from attrcli.plots.aggatt import Geometry, cell_box, colour_map, label_width, map_axes, row_label, sort_rows
+from attrcli.plots.common import BIN_LABELS, OUTLINE, as_stage, fixed_figure, save_figure
 from attrcli.store import ArtifactKey, file_hash, read_artifact, read_provenance
 from attrcli.store.keys import GridFileKey
 
@@ -145,55 +147,83 @@ def load_examples(aggatt_paths: list[Path], grid_file: Path | None = None) -> li
     return sort_rows(rows)
 
 
+#: Inches of a panel, between the image and the map of one bin, and between bins.
+PANEL, PAIR_GAP, BIN_GAP = 1.05, 0.12, 0.22
+
+
+def example_gaps(size: int) -> tuple[int, int]:
+    """White pixel columns between image and map, and between bins, for ``size``-pixel panels."""
+    return int(round(PAIR_GAP * size / PANEL)), int(round(BIN_GAP * size / PANEL))
+
+
+def _side(item: ExampleRow) -> int:
+    """Pixels per side of a row's images (32 for a row whose every bin is empty)."""
+    return next((image.shape[0] for image in item.images if image is not None), 32)
+
+
+def compose_examples(item: ExampleRow, gap: int, bin_gap: int) -> tuple[np.ndarray, list[int]]:
+    """One key's examples as one RGB image: per bin the grid image, ``gap`` white columns, the
+    map (coloured 0 to 1), then ``bin_gap`` white columns; an empty bin stays white. Returns the
+    image and each bin's first column."""
+    size = _side(item)
+    bins = len(BIN_LABELS)
+    width = bins * (2 * size + gap) + (bins - 1) * bin_gap
+    row = np.full((size, width, 3), 255, dtype=np.uint8)
+    starts = [b * (2 * size + gap + bin_gap) for b in range(bins)]
+    for x, image, shown in zip(starts, item.images, item.maps):
+        if image is None:
+            continue
+        row[:, x : x + size] = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+        row[:, x + size + gap : x + 2 * size + gap] = colour_map(shown)[..., :3]
+    return row, starts
+
+
 def build_examples(*, aggatt_paths: list[Path], grid_file: Path | None = None) -> Figure:
     """Per key (row) and bin (column pair): the median example's image and attribution map.
 
-    ``example_axes(fig)`` gives the ``(image, map)`` axes pairs back, by row and bin.
+    One axes holds one image per row (:func:`compose_examples`), placed with fixed geometry;
+    ``fig.axes[0].images[r]`` is row ``r``.
     """
     rows = load_examples(aggatt_paths, grid_file)
     context = len({(r.key.grids, r.key.setting, r.key.model) for r in rows}) > 1
+    labels = [row_label(item.key, context) for item in rows]
     bins = len(BIN_LABELS)
-    fig = new_figure(2.3 * bins + 1.2, 1.25 * len(rows) + 0.8)
-    # Two columns per bin and a narrow empty column between bins.
-    grid = fig.add_gridspec(len(rows), 3 * bins - 1, width_ratios=([1, 1, 0.18] * bins)[:-1])
+    geometry = Geometry(panel=PANEL, left=max(0.7, label_width(labels)), right=0.15, top=0.62,
+                        bottom=0.06, row_gap=0.24)
+    width = bins * (2 * geometry.panel + PAIR_GAP) + (bins - 1) * BIN_GAP
+    fig = fixed_figure(*geometry.size(width, len(rows)))
+    size = max(_side(item) for item in rows)
+    per_inch = size / geometry.panel
+    gap, bin_gap = example_gaps(size)
+    step = (geometry.panel + geometry.row_gap) * per_inch
+    total = bins * (2 * size + gap) + (bins - 1) * bin_gap
+    ax = map_axes(fig, geometry, width, (total, (len(rows) - 1) * step + size))
+    frames, outlines = [], []
     for r, item in enumerate(rows):
-        for b, label in enumerate(BIN_LABELS):
-            image_ax = fig.add_subplot(grid[r, 3 * b])
-            map_ax = fig.add_subplot(grid[r, 3 * b + 1])
-            for ax in (image_ax, map_ax):
-                ax.set_xticks([])
-                ax.set_yticks([])
-            if r == 0:
-                image_ax.set_title(label, fontsize=9, x=1.05, ha="center", pad=13)
+        y = r * step
+        row, starts = compose_examples(item, gap, bin_gap)
+        ax.imshow(row, interpolation="antialiased", extent=(0, total, y + size, y))
+        for b, x in enumerate(starts):
             if item.images[b] is None:
-                for ax in (image_ax, map_ax):
-                    for side in ax.spines.values():
-                        side.set_visible(False)
-                image_ax.text(1.05, 0.5, "empty bin", ha="center", va="center", fontsize=7,
-                              color="0.4", transform=image_ax.transAxes)
-            else:
-                image_ax.imshow(item.images[b], interpolation="antialiased")
-                map_ax.imshow(item.maps[b], cmap=MAP_CMAP, vmin=0.0, vmax=1.0,
-                              interpolation="antialiased")
-                for ax in (image_ax, map_ax):
-                    outline_cell(ax, item.cell, item.n, item.images[b].shape[0])
-                map_ax.set_title(f"score {item.scores[b]:.2f}", fontsize=7, pad=2)
-        fig.axes[2 * bins * r].set_ylabel(row_label(item.key, context), fontsize=8, rotation=0,
-                                          ha="right", va="center")
+                ax.text(x + size + gap / 2, y + size / 2, "empty bin", ha="center", va="center",
+                        fontsize=7, color="0.4")
+                continue
+            for left in (x, x + size + gap):
+                frames.append(Rectangle((left, y), size, size))
+                outlines.append(cell_box(item.cell, item.n, size, left, y))
+            ax.text(x + 1.5 * size + gap, y - 0.03 * per_inch, f"score {item.scores[b]:.2f}",
+                    ha="center", va="bottom", fontsize=7)
+        ax.text(-0.1 * per_inch, y + size / 2, labels[r], ha="right", va="center", fontsize=8)
+    ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="black", linewidth=0.8))
+    ax.add_collection(PatchCollection(outlines, facecolor="none", edgecolor=OUTLINE, linewidth=1.4))
+    for b, label in enumerate(BIN_LABELS):
+        x = b * (2 * size + gap + bin_gap)
+        ax.text(x + size + gap / 2, -0.2 * per_inch, label, ha="center", va="bottom", fontsize=9)
     key = rows[0].key
     title = "Median example per AggAtt bin: image | attribution"
-    fig.suptitle(title if context else f"{title} · {key.setting} · {key.model}", fontsize=10)
+    fig.suptitle(title if context else f"{title} · {key.setting} · {key.model}", fontsize=10,
+                 y=1 - 0.1 / fig.get_figheight(), va="top")
     return fig
-
-
-def example_axes(fig: Figure) -> list[list[tuple]]:
-    """The ``(image, map)`` axes of a :func:`build_examples` figure, ``[row][bin]``."""
-    axes = fig.axes
-    per_row = 2 * len(BIN_LABELS)
-    return [
-        [(axes[r + 2 * b], axes[r + 2 * b + 1]) for b in range(len(BIN_LABELS))]
-        for r in range(0, len(axes), per_row)
-    ]
 
 
 def plot_examples(

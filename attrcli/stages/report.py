@@ -1,4 +1,5 @@
-"""The study's report: its figures and ``summary.md`` with tables and structural findings."""
+"""The study's report: ``summary.md`` with tables and structural findings (the figures are drawn
+by :mod:`attrcli.stages.figures`; ``draw_figures`` is re-exported here)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ import numpy as np
 
 from attrcli.engine.precision import split_key_method
 from attrcli.names import LAYERS, PAPER_SETTINGS
+from attrcli.stages.figures import draw_figures
 from attrcli.store import ArtifactKey, read_artifact
-from attrcli.store.keys import CorrelationKey
+from attrcli.store.files import write_bytes
 
-
-def _keys(paths: list[Path]) -> list[tuple[ArtifactKey, Path]]:
-    return [(ArtifactKey.from_path(p), Path(p)) for p in paths]
+__all__ = ["conditioning_notes", "draw_figures", "findings", "smoothing_findings", "write_summary"]
 
 
 def _spec(method: str) -> str:
@@ -23,42 +23,8 @@ def _spec(method: str) -> str:
 
 
 def _base_method(spec: str) -> bool:
-    spec = _spec(spec)
-    return ":" not in spec and not spec.startswith(("s-", "smoothgrad-"))
-
-
-def draw_figures(*, study, report_dir: Path, fmt: str, scores: list[Path], aggatts: list[Path],
-                 correlations: list[Path], grid_files: dict[str, Path]) -> list[Path]:
-    """Every figure of SPEC §4 for the study, written under ``report_dir``."""
-    from attrcli.plots.aggatt import plot_aggatt
-    from attrcli.plots.boxes import plot_boxes
-    from attrcli.plots.correlation import plot_correlation
-    from attrcli.plots.examples import plot_examples
-    from attrcli.plots.smoothing import FAMILIES, plot_smoothing
-
-    out: list[Path] = []
-    base_scores = [p for k, p in _keys(scores) if _base_method(k.method)]
-    out.append(plot_boxes(score_paths=base_scores, out=report_dir / f"boxes.{fmt}", fmt=fmt))
-    keyed = _keys(aggatts)
-    for model in study.models:
-        for setting in study.settings:
-            chosen = [p for k, p in keyed if k.model == model and k.setting == setting and _base_method(k.method)]
-            if chosen:
-                out.append(plot_aggatt(aggatt_paths=chosen, out=report_dir / f"aggatt-{setting}-{model}.{fmt}", fmt=fmt))
-        for layer in (LAYERS[0], LAYERS[-1]):  # the shallowest and the deepest
-            chosen = [p for k, p in keyed if k.model == model and k.setting == "gridpg" and k.layer == layer and _base_method(k.method)]
-            if chosen:
-                out.append(plot_examples(aggatt_paths=chosen, out=report_dir / f"examples-gridpg-{model}-{layer}.{fmt}", fmt=fmt))
-    for path in correlations:
-        out.append(plot_correlation(paths=[path], out=report_dir / f"correlation-{CorrelationKey.from_path(path).name}.{fmt}", fmt=fmt))
-    swept = {name for family, base, _ in FAMILIES for name in (family, base)}
-    sweep = [p for k, p in _keys(scores)
-             if (k.layer == LAYERS[0] and (_spec(k.method).split(":")[0] in swept or k.method.startswith("smoothgrad-")))
-             or (k.layer == LAYERS[-1] and _spec(k.method) == "gradcam")]
-    sweep = [p for p in sweep if ArtifactKey.from_path(p).setting in study.smoothing_settings]
-    if sweep:
-        out.append(plot_smoothing(score_paths=sweep, out=report_dir / f"smoothing.{fmt}", fmt=fmt))
-    return out
+    """A method of the study's own list (with any parameters), not a derived smoothing key."""
+    return not _spec(spec).startswith(("s-", "smoothgrad-"))
 
 
 def _table(rows: list, layers: list[str]) -> list[str]:
@@ -242,14 +208,17 @@ def conditioning_notes(attributions: list[Path]) -> list[str]:
 
 def write_summary(
     *, study, path: Path, scores: list[Path], correlations: list[Path], figures: list[Path],
-    attributions: list[Path] = (),
+    attributions: list[Path] = (), comparisons: list[Path] = (), provenance: dict | None = None,
 ) -> Path:
-    """``summary.md``: per setting and model a method × layer table, best methods, findings, and
-    the keys whose maps needed a conditioning guard."""
+    """``summary.md``: per setting and model a method × layer table, best methods, findings, the
+    keys whose maps needed a conditioning guard, the paired comparisons and, with
+    ``provenance``, the study file's text and hash, the CLI's overrides and the attrcli version.
+    Written only when its text changes."""
     from attrcli.metrics.summary import summarize
 
     rows = summarize(scores)
-    lines = [f"# attrcli study: {study.name}", "",
+    description = getattr(study, "description", "")
+    lines = [f"# attrcli study: {study.name}", "", *([description, ""] if description else []),
              f"Models: {', '.join(study.models)}; settings: {', '.join(study.settings)}; "
              f"{study.n}×{study.n} grids of {study.cell_size}-pixel cells. "
              "Cells: median localization [quartiles] (share of perfect scores). Findings are "
@@ -282,7 +251,42 @@ def write_summary(
             lines.append(f"- `{Path(c).name}`: Spearman matrix over {len(matrix) if matrix is not None else '?'} keys"
                          + (f", mean off-diagonal {np.nanmean(matrix[~np.eye(len(matrix), dtype=bool)]):.2f}" if matrix is not None and len(matrix) > 1 else "") + ".")
         lines.append("")
+    if comparisons:
+        lines += comparison_lines(list(comparisons))
     lines += ["## Figures", ""] + [f"- [{f.name}]({f.name})" for f in figures] + [""]
+    if provenance:
+        lines += provenance_lines(provenance)
+    text = "\n".join(lines)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    if not path.is_file() or path.read_text() != text:  # a warm run writes nothing
+        write_bytes(path, text.encode(), what="summary")
     return path
+
+
+def comparison_lines(paths: list[Path]) -> list[str]:
+    """Each comparison artifact as a table of its pairs: Δmedian with its interval, Wilcoxon p
+    and Holm-adjusted p."""
+    from attrcli.stages.compare import _read_pairs
+
+    lines = ["## Paired comparisons", "",
+             "Paired differences over the same attributions (first minus second key), Wilcoxon "
+             "signed-rank test, p-values Holm-corrected within each comparison.", ""]
+    for path in paths:
+        art = read_artifact(path, names=[])
+        keys = list(art.attrs.get("keys", []))
+        lines += [f"### {Path(path).stem}", "", "| first | second | Δmedian [interval] | Δmean | p (Holm) |", "|---|---|---|---|---|"]
+        for pair in _read_pairs(Path(path)):
+            lines.append(f"| {keys[pair.first]} | {keys[pair.second]} | {pair.delta_median:+.3f} {_ci(pair.delta_median_ci)} "
+                         f"| {pair.delta_mean:+.3f} | {pair.p_adjusted:.3g} |")
+        lines.append("")
+    return lines
+
+
+def provenance_lines(provenance: dict) -> list[str]:
+    """How to rerun the study: its file (text and hash), the overrides, the attrcli version."""
+    overrides = provenance.get("overrides") or {}
+    shown = ", ".join(f"`{k} {v}`" if v is not True else f"`{k}`" for k, v in overrides.items()) or "none"
+    return ["## Provenance", "",
+            f"Study file `{Path(provenance['source']).name}` (sha256 `{provenance['sha256']}`), "
+            f"CLI overrides: {shown}; attrcli {provenance['attrcli']}.", "",
+            "```toml", provenance["text"].rstrip("\n"), "```", ""]

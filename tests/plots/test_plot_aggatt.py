@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from matplotlib.patches import Rectangle
+from matplotlib import colormaps
+from matplotlib.colors import to_rgb
 
 from attrcli.errors import UserError
 from attrcli.plots import build_aggatt, plot_aggatt
-from attrcli.plots.common import BIN_LABELS
+from attrcli.plots.aggatt import compose_row
+from attrcli.plots.common import BIN_LABELS, MAP_CMAP, OUTLINE
 from attrcli.store import read_artifact
 
 
@@ -17,41 +19,58 @@ def study(workdir, helpers, fakes):
     return helpers.aggatt_study(fakes)
 
 
+def _texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+def _outlines(fig) -> list:
+    """The target-cell outlines (red), in row-major order of the panels."""
+    (collection,) = [c for c in fig.axes[0].collections
+                     if tuple(c.get_edgecolor()[0][:3]) == to_rgb(OUTLINE)]
+    return [path.get_extents() for path in collection.get_paths()]
+
+
 def test_rows_are_methods_and_layers_columns_are_bins(study):
     fig = build_aggatt(aggatt_paths=list(study["aggatt"].values()))
-    maps = [ax for ax in fig.axes if ax.images]
-    assert len(maps) == 4 * 6
-    assert [ax.get_title() for ax in maps[:6]] == list(BIN_LABELS)
+    maps, bar = fig.axes
+    assert len(maps.images) == 4  # one image per row, not one axes per panel
+    texts = _texts(maps)
+    assert texts[-6:] == list(BIN_LABELS)
     assert BIN_LABELS[0] == "0–2 %" and BIN_LABELS[-1] == "98–100 %"
-    labels = [ax.get_ylabel() for ax in maps[::6]]
-    assert labels == ["grad\ninput", "grad\nfinal", "gradcam\ninput", "gradcam\nfinal"]
+    assert [t for t in texts if "\n" in t] == ["grad\ninput", "grad\nfinal", "gradcam\ninput",
+                                               "gradcam\nfinal"]
     assert "gridpg · digits-vgg11" in fig.get_suptitle()
+    assert bar.get_ylim() == (0.0, 1.0) and bar.get_ylabel() == "attribution / normaliser"
+    assert fig.get_layout_engine() is None  # fixed geometry: no layout pass over many axes
 
 
-def test_each_bin_is_divided_by_the_normaliser_on_one_colour_scale(study):
+def test_each_row_image_is_its_bins_on_one_colour_scale(study):
+    """The composed row's pixel block of each bin equals the bin map divided by the normaliser
+    and coloured with the figures' colormap from 0 to 1."""
     fig = build_aggatt(aggatt_paths=list(study["aggatt"].values()))
-    maps = [ax for ax in fig.axes if ax.images]
     artifact = read_artifact(study["aggatt"]["final", "gradcam"])
-    row = maps[3 * 6 : 4 * 6]  # gradcam/final is the last row
-    for b, ax in enumerate(row):
-        shown = np.asarray(ax.images[0].get_array())
-        np.testing.assert_allclose(shown, artifact.data["bins"][b] / artifact.attrs["normaliser"])
-    assert {ax.images[0].get_clim() for ax in maps} == {(0.0, 1.0)}
-    assert len({ax.images[0].get_cmap().name for ax in maps}) == 1
-    colourbar = [ax for ax in fig.axes if not ax.images]
-    assert len(colourbar) == 1 and colourbar[0].get_ylim() == (0.0, 1.0)
-
-
-def _outline(ax) -> Rectangle:
-    (rect,) = [p for p in ax.patches if isinstance(p, Rectangle) and not p.get_fill()]
-    return rect
+    row = np.asarray(fig.axes[0].images[3].get_array())  # gradcam/final is the last row
+    size = artifact.data["bins"].shape[-1]
+    gap = (row.shape[1] - 6 * size) // 5
+    assert row.shape == (size, 6 * size + 5 * gap, 4) and gap > 0
+    cmap = colormaps[MAP_CMAP]
+    for b in range(6):
+        block = row[:, b * (size + gap) : b * (size + gap) + size]
+        values = np.clip(artifact.data["bins"][b] / artifact.attrs["normaliser"], 0, 1)
+        np.testing.assert_array_equal(block, cmap(values, bytes=True))
+        if b < 5:
+            assert (row[:, b * (size + gap) + size : (b + 1) * (size + gap)] == 255).all()
+    np.testing.assert_array_equal(compose_row(np.zeros((6, 2, 2)), 1)[:, :2], cmap(np.zeros((2, 2)), bytes=True))
 
 
 def test_the_target_cell_is_outlined(study):
     fig = build_aggatt(aggatt_paths=[study["aggatt"]["input", "grad"]])
-    for ax in fig.axes[:6]:
-        rect = _outline(ax)
-        assert rect.get_xy() == (-0.5, -0.5) and rect.get_width() == rect.get_height() == 32
+    boxes = _outlines(fig)
+    assert len(boxes) == 6
+    size = fig.axes[0].images[0].get_array().shape[0]
+    for box in boxes:
+        assert box.width == box.height == size / 2  # a quarter of a 2 x 2 grid
+    assert boxes[0].x0 == 0 and boxes[0].y0 == 0  # top-left cell of the first panel
 
 
 def test_bottom_right_cell_for_difull_corners(workdir, helpers, fakes):
@@ -64,8 +83,20 @@ def test_bottom_right_cell_for_difull_corners(workdir, helpers, fakes):
     )
     (result,) = aggatt(paths=[attribution], cell=3)
     fig = build_aggatt(aggatt_paths=[result.path])
-    assert _outline(fig.axes[0]).get_xy() == (31.5, 31.5)
+    first = _outlines(fig)[0]
+    assert (first.x0, first.y0, first.width) == (32, 32, 32)
     assert "target cell 3" in fig.get_suptitle()
+
+
+def test_a_3x3_grid_outlines_a_ninth(workdir, helpers, fakes):
+    from attrcli.stages.aggatt import aggatt
+
+    grid = fakes.make_grid_file(workdir / "data" / "grids" / "toy.h5", count=12, n=3)
+    attribution = fakes.make_attribution(helpers.CACHE, helpers.bump_maps(12, targets=4, size=9, seed=4),
+                                         grid_path=grid, n=3, cells=[0, 1, 4, 8])
+    (result,) = aggatt(paths=[attribution], cell=4)
+    box = _outlines(build_aggatt(aggatt_paths=[result.path]))[0]
+    assert (box.x0, box.y0, box.width, box.height) == (32, 32, 32, 32)  # the centre of 96 pixels
 
 
 def test_png_is_drawn_and_score_paths_find_their_aggatt(study, helpers, workdir):

@@ -7,12 +7,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from matplotlib import colormaps
+from matplotlib.colors import to_rgb
 
 from attrcli.errors import UserError
 from attrcli.metrics import upsample_positive
 from attrcli.plots import build_examples, plot_examples
-from attrcli.plots.common import BIN_LABELS
-from attrcli.plots.examples import example_axes
+from attrcli.plots.common import BIN_LABELS, MAP_CMAP, OUTLINE
+from attrcli.plots.examples import example_gaps
 from attrcli.store import read_artifact
 
 
@@ -22,38 +24,57 @@ def study(workdir, helpers, fakes):
     return helpers.aggatt_study(fakes, layers=("final",), methods=("gradcam", "grad"), count=50)
 
 
+def _blocks(row: np.ndarray, size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per bin the image block, the gap and the map block of a composed examples row."""
+    pair_gap, bin_gap = example_gaps(size)
+    assert row.shape[:2] == (size, 6 * (2 * size + pair_gap) + 5 * bin_gap)
+    out = []
+    for b in range(6):
+        x = b * (2 * size + pair_gap + bin_gap)
+        out.append((row[:, x : x + size], row[:, x + size : x + size + pair_gap],
+                    row[:, x + size + pair_gap : x + 2 * size + pair_gap]))
+        if b < 5:
+            assert (row[:, x + 2 * size + pair_gap : x + 2 * size + pair_gap + bin_gap] == 255).all()
+    return out
+
+
 def test_each_bin_shows_its_median_image_and_map(study):
     path = study["aggatt"]["final", "gradcam"]
     fig = build_examples(aggatt_paths=[path])
-    (pairs,) = example_axes(fig)
-    assert [image_ax.get_title() for image_ax, _ in pairs] == list(BIN_LABELS)
+    (ax,) = fig.axes
+    assert fig.get_layout_engine() is None and len(ax.images) == 1  # one image for the row
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[-6:] == list(BIN_LABELS)
     agg = read_artifact(path)
+    assert [t for t in texts if t.startswith("score")] == [f"score {s:.2f}" for s in agg.data["median_score"]]
+    assert "gradcam\nfinal" in texts
     grid = read_artifact(study["grid"])
     maps = read_artifact(study["attributions"]["final", "gradcam"]).data["maps"]
     t = maps.shape[1]
     assert (agg.data["counts"] > 0).all()
-    for b, (image_ax, map_ax) in enumerate(pairs):
-        row, flat = agg.data["median_row"][b], agg.data["median_index"][b]
+    row = np.asarray(ax.images[0].get_array())
+    for b, (image, gap, shown) in enumerate(_blocks(row, 64)):
+        r, flat = agg.data["median_row"][b], agg.data["median_index"][b]
         mean = np.asarray(grid.attrs["mean"])[:, None, None]
         std = np.asarray(grid.attrs["std"])[:, None, None]
-        expected = np.clip(grid.data["images"][row] * std + mean, 0, 1).transpose(1, 2, 0)
-        np.testing.assert_allclose(image_ax.images[0].get_array(), expected, atol=1e-6)
+        expected = np.clip(grid.data["images"][r] * std + mean, 0, 1).transpose(1, 2, 0)
+        np.testing.assert_array_equal(image, np.round(expected * 255).astype(np.uint8))
         raw = torch.from_numpy(maps[flat // t, flat % t])[None, None]
         up = upsample_positive(raw, 64)[0, 0].numpy()
-        np.testing.assert_allclose(map_ax.images[0].get_array(), up / up.max(), atol=1e-6)
-        assert map_ax.get_title() == f"score {agg.data['median_score'][b]:.2f}"
-        for ax in (image_ax, map_ax):
-            (rect,) = ax.patches
-            assert rect.get_xy() == (-0.5, -0.5) and rect.get_width() == 32
-    assert pairs[0][0].get_ylabel() == "gradcam\nfinal"
+        np.testing.assert_array_equal(shown, colormaps[MAP_CMAP](up / up.max(), bytes=True)[..., :3])
+        assert gap.size and (gap == 255).all()
+    (outlines,) = [c for c in ax.collections if tuple(c.get_edgecolor()[0][:3]) == to_rgb(OUTLINE)]
+    boxes = [p.get_extents() for p in outlines.get_paths()]
+    assert len(boxes) == 12 and all(b.width == b.height == 32 for b in boxes)
+    assert (boxes[0].x0, boxes[0].y0) == (0, 0)  # the top-left cell of the first image
 
 
 def test_rows_in_display_order_and_png_drawn(study, helpers, workdir):
     paths = [study["aggatt"]["final", "gradcam"], study["aggatt"]["final", "grad"]]
     fig = build_examples(aggatt_paths=paths)
-    rows = example_axes(fig)
-    assert [row[0][0].get_ylabel() for row in rows] == ["grad\nfinal", "gradcam\nfinal"]
-    assert all(not ax.get_ylabel() for row in rows for pair in row[1:] for ax in pair)
+    labels = [t.get_text() for t in fig.axes[0].texts if "\n" in t.get_text()]
+    assert labels == ["grad\nfinal", "gradcam\nfinal"]
+    assert len(fig.axes[0].images) == 2
     helpers.assert_drawn(plot_examples(aggatt_paths=paths, out=workdir / "examples.png"))
 
 
@@ -66,11 +87,11 @@ def test_empty_bins_are_marked(workdir, helpers, fakes):
     (result,) = aggatt(paths=[attribution])
     counts = read_artifact(result.path).data["counts"]
     fig = build_examples(aggatt_paths=[result.path])
-    (pairs,) = example_axes(fig)
-    marked = [b for b, (image_ax, map_ax) in enumerate(pairs)
-              if any(t.get_text() == "empty bin" for t in image_ax.texts)]
-    assert all(not pairs[b][0].images and not pairs[b][1].images for b in marked)
-    assert marked == [b for b in range(6) if counts[b] == 0] and marked
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts].count("empty bin") == int((counts == 0).sum()) > 0
+    row = np.asarray(ax.images[0].get_array())
+    for b, (image, _, shown) in enumerate(_blocks(row, 64)):
+        assert ((image == 255).all() and (shown == 255).all()) == (counts[b] == 0)
 
 
 def test_grid_file_is_found_checked_and_can_be_given(study, workdir, fakes):
@@ -78,7 +99,7 @@ def test_grid_file_is_found_checked_and_can_be_given(study, workdir, fakes):
     moved = shutil.move(study["grid"], workdir / "elsewhere.h5")
     with pytest.raises(UserError, match="pass it with --grid-file"):
         build_examples(aggatt_paths=[path])
-    assert example_axes(build_examples(aggatt_paths=[path], grid_file=moved))
+    assert build_examples(aggatt_paths=[path], grid_file=moved).axes[0].images
     other = fakes.make_grid_file(workdir / "other.h5", count=50, seed=5)
     with pytest.raises(UserError, match="not the grid file"):
         build_examples(aggatt_paths=[path], grid_file=other)
