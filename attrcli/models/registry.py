@@ -159,14 +159,14 @@ def _first_line(exc: Exception) -> str:
 def load_safetensors_file(path: Path) -> StateDict:
     """Read a ``.safetensors`` state dict with the safetensors library (no pickle at all)."""
     try:
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
     except ImportError:
         raise UserError(f"{path} is a safetensors file and the safetensors package is not installed: "
                         "pip install 'attrcli[safetensors]'") from None
     try:
         state = load_file(str(path), device="cpu")
-    except (SafetensorsError, OSError, ValueError, RuntimeError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise UserError(
             f"{path} is not a readable safetensors file (corrupt or truncated): {type(exc).__name__}: {_first_line(exc)}"
         ) from None

@@ -181,15 +181,25 @@ def _check_structure(module: nn.Module, name: str) -> None:
         )
 
 
+_CALL_ORDER: dict[tuple, list[str]] = {}
+
+
 def _called_children(module: nn.Module) -> list[str]:
     """Names of the top-level children that ``forward_features`` calls, in call order (traced
-    on the meta device with the model's input size)."""
+    on the meta device with the model's input size; remembered per class and children)."""
+    size = tuple(module.pretrained_cfg.get("input_size", (3, 224, 224)))
+    key = (type(module), size, tuple((name, type(child)) for name, child in module.named_children()))
+    if key not in _CALL_ORDER:
+        _CALL_ORDER[key] = _trace_children(_meta_copy(module), size)
+    return list(_CALL_ORDER[key])
+
+
+def _trace_children(module: nn.Module, size: tuple) -> list[str]:
     order: list[str] = []
     hooks = [
         child.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name))
         for name, child in module.named_children()
     ]
-    size = module.pretrained_cfg.get("input_size", (3, 224, 224))
     try:
         with torch.no_grad():
             module.forward_features(torch.empty(1, *size, device="meta"))
@@ -200,8 +210,7 @@ def _called_children(module: nn.Module) -> list[str]:
 
 
 def _head_modules(module: nn.Module) -> list[nn.Module]:
-    with torch.device("meta"):
-        called = set(_called_children(_meta_copy(module)))
+    called = set(_called_children(module))
     return [m for name, child in module.named_children() if name not in called for m in child.modules()]
 
 
@@ -228,7 +237,7 @@ def timm_adapter(module: nn.Module, *, name: str, cell_size: int, mean, std, num
     if _is_vit(module):
         return _vit_adapter(module, name=name, cell_size=cell_size, mean=mean, std=std, num_classes=num_classes)
     children = dict(module.named_children())
-    called = _called_children(_meta_copy(module))
+    called = _called_children(module)
     blocks = [block for child in called for block in _flatten(child, children[child])]
     paths = [path for path, _ in blocks]
     stages, layer_alias = [], {}
