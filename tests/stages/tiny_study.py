@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-METHODS = "grad,gradcam,ixg,occlusion:k=16,s=16"
+METHODS = {"input": "grad,gradcam,ixg,occlusion:k=16,s=16", "final": "grad,gradcam,ixg"}  # 7 keys
 
 
 @dataclass
@@ -31,8 +31,9 @@ def make_tiny_study(root: Path, *, resamples: int = 200) -> TinyStudy:
     grid = write_grids(root / "data" / "grids" / "tiny.h5", count=4)
     cache = root / "cache"
     model = tiny_vgg(dtype=torch.float32)
-    attributed = attrcli.attribute(grids=grid, model=model, setting="gridpg", layers="input,final",
-                                   methods=METHODS, cache_root=cache, batch_size=4)
+    attributed = [result for layer, methods in METHODS.items()
+                  for result in attrcli.attribute(grids=grid, model=model, setting="gridpg", layers=layer,
+                                                  methods=methods, cache_root=cache, batch_size=4)]
     scored = attrcli.score(attributions=attributed, cache_root=cache, resamples=resamples)
     aggatts = attrcli.aggatt(paths=attributed, cache_root=cache)
     correlation = attrcli.correlate(scores=scored, cache_root=cache, resamples=resamples)
