@@ -2,6 +2,7 @@
 
 from attrcli.methods import (  # noqa: F401  (each module registers its method)
     ablationcam,
+    attention,
     baselines,
     bcos,
     deeplift,

@@ -37,6 +37,8 @@ class MethodTesting:
 
     tiny: str = ""  # parameters that keep it cheap on tiny test models ("k=4,s=4"; spec name:tiny)
     difull_exact: bool = False  # DiFull maps exactly zero outside the target cell, at every layer
+    model: str = ""  # a tiny test model (tests/models/tiny_families.py) instead of the toy CNN, for
+    # methods defined on one family only (attention rollout: ViTs); tested at the layers it allows
 
     def spec(self, name: str) -> str:
         """The method spec the generic tests run: ``name`` or ``name:tiny``."""

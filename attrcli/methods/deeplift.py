@@ -37,6 +37,7 @@ from torch import nn
 
 from attrcli.engine.context import AttributionContext
 from attrcli.engine.gradients import own_class_gradients
+from attrcli.methods._difull import cell_rows
 from attrcli.methods.base import METHODS, Method, MethodTesting
 from attrcli.models.adapter import ModelAdapter
 
@@ -143,7 +144,7 @@ class DeepLIFT(Method):
         a = ctx.evaluated  # the prefix runs plainly, before the hooks are attached
         setting = ctx.setting
         with rescale_rule([setting.model.module, *setting.extra_modules()]) as rule:
-            rows = setting.target_rows(ctx.targets, ctx.grids)
+            rows = cell_rows(ctx)
             if rows is None:
                 return self._connected(ctx, a, rule)
             return self._cells(ctx, a[rows], rule)

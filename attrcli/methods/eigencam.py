@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attrcli.methods._difull import cell_rows
 from attrcli.methods.base import METHODS, Method, MethodTesting
 
 
@@ -61,7 +62,7 @@ class EigenCAM(Method):
     def attribute(self, ctx) -> torch.Tensor:
         setting, T = ctx.setting, ctx.targets.count
         a = setting.model.spatial(ctx.evaluated)  # DiFull: only the target cells' rows
-        rows = setting.target_rows(ctx.targets, ctx.grids)
+        rows = cell_rows(ctx)
         if rows is None:
             maps = first_component(setting.to_map(a), center=self.config.center)
             maps = maps[:, None].expand(-1, T, -1, -1)

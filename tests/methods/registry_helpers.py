@@ -11,6 +11,7 @@ from attrcli.data.gridfile import GridFile
 from attrcli.engine.attribute import compute_maps
 from attrcli.errors import UserError
 from attrcli.methods import METHODS, parse_method
+from attrcli.methods.applicability import method_problem
 from attrcli.settings import create_setting
 from attrcli.stages.plan import plan_jobs
 
@@ -25,6 +26,39 @@ def base_class(name: str) -> type:
     """The class whose maps a method's maps come from (derived methods: their base)."""
     cls = METHODS.get(name)
     return METHODS.get(cls.base) if cls.kind == "derived" else cls
+
+
+def model_of(name: str, conv_model):
+    """The model the generic tests run ``name`` on: the tiny family its ``MethodTesting.model``
+    names (attention rollout: the tiny ViT), else the toy CNN of ``conv_model()``."""
+    from tests.models.tiny_families import tiny
+
+    family = base_class(name).testing.model
+    return tiny(family) if family else conv_model()
+
+
+def layers_of(name: str, setting, layers) -> tuple[str, ...]:
+    """``layers``; for a method tested on its own family (``MethodTesting.model``) those of them
+    where it is defined (at least one: the others are refused, which the generic tests check
+    on every family)."""
+    if not base_class(name).testing.model:
+        return tuple(layers)
+    kept = tuple(layer for layer in layers if method_problem(setting, base_class(name), layer) is None)
+    assert kept, (name, layers)
+    return kept
+
+
+def case_of(name: str, conv_model, setting_name: str, **kwargs):
+    """:func:`case` on :func:`model_of`; skips a setting the method's own family does not define
+    (DiPart of a ViT)."""
+    import pytest
+
+    try:
+        return case(model_of(name, conv_model), setting_name, **kwargs)
+    except UserError:
+        if not base_class(name).testing.model:
+            raise
+        pytest.skip(f"setting {setting_name} is not defined for {base_class(name).testing.model}")
 
 
 def case(model, setting_name: str, *, grids: int = GRIDS, seed: int = 0):

@@ -5,7 +5,8 @@ from the method class: its kind, seeded flag, where it applies (attrcli.methods.
 and :class:`~attrcli.methods.base.MethodTesting` (a cheap config, the DiFull structural claim).
 Registering a method puts it under every test here; the toy method of tests/structure shows it
 (tests/structure/test_registry_generic.py). The models are the float64 toy models of
-tests/conftest.py (8-pixel cells) and the tiny ConvNeXt, Swin and ViT, so each case takes
+tests/conftest.py (8-pixel cells), or the tiny family a method's ``MethodTesting.model`` names
+(at the layers where it is defined), and the tiny ConvNeXt, Swin and ViT, so each case takes
 milliseconds.
 """
 
@@ -23,7 +24,7 @@ from attrcli.methods import METHODS, parse_method
 from attrcli.methods.applicability import check_method, method_problem, valid_methods
 from attrcli.metrics.localization import localization_scores
 from attrcli.settings import SETTINGS
-from tests.methods.registry_helpers import GRIDS, N, base_class, case, run_maps, spec_of
+from tests.methods.registry_helpers import GRIDS, N, base_class, case, case_of, layers_of, run_maps, spec_of
 
 pytestmark = [pytest.mark.generic, pytest.mark.usefixtures("one_thread")]
 
@@ -74,10 +75,11 @@ def test_spec_round_trips_and_preset_values_share_one_key(name):
 def test_maps_are_finite_grid_layout_maps_of_each_target(name, setting_name, conv_model):
     """At every layer: one map per (grid image, target) at the layer's grid-layout size, finite,
     and not all zero."""
-    setting, x, labels = case(conv_model(), setting_name)
+    setting, x, labels = case_of(name, conv_model, setting_name)
     cells = setting.default_cells()
-    maps = run_maps(setting, x, labels, cells, LAYERS, name)
-    assert sorted(maps) == sorted(LAYERS)
+    layers = layers_of(name, setting, LAYERS)
+    maps = run_maps(setting, x, labels, cells, layers, name)
+    assert sorted(maps) == sorted(layers)
     model = setting.model
     for layer, value in maps.items():
         size = setting.map_size(model.layer_index(layer))
@@ -92,9 +94,9 @@ def test_maps_are_deterministic_and_seeded_as_declared(name, setting_name, conv_
     """Reruns give identical maps; the seed changes them exactly when the method declares that it
     samples (``seeded``, which puts the seed in the artifact's identity); a grid image's maps do
     not depend on the evaluation batch size, nor (unless seeded) on the other grid images."""
-    setting, x, labels = case(conv_model(), setting_name)
+    setting, x, labels = case_of(name, conv_model, setting_name)
     cells = setting.default_cells()
-    layers = ("input", "final")
+    layers = layers_of(name, setting, ("input", "final"))
     first = run_maps(setting, x, labels, cells, layers, name)
     again = run_maps(setting, x, labels, cells, layers, name)
     reseeded = run_maps(setting, x, labels, cells, layers, name, seed=1)
@@ -115,9 +117,9 @@ def test_maps_are_deterministic_and_seeded_as_declared(name, setting_name, conv_
 def test_difull_maps_of_some_target_cells_equal_those_among_every_cell(name, conv_model):
     """DiFull computes only the target cells' rows; a method that reads the other cells (a wrong
     ``whole_grid``, say) gets other maps for two targets than among the targets of every cell."""
-    setting, x, labels = case(conv_model(), "difull")
-    some = run_maps(setting, x, labels, [3, 1], LAYERS, name)
-    every = run_maps(setting, x, labels, [0, 1, 2, 3], LAYERS, name)
+    setting, x, labels = case_of(name, conv_model, "difull")
+    some = run_maps(setting, x, labels, [3, 1], layers_of(name, setting, LAYERS), name)
+    every = run_maps(setting, x, labels, [0, 1, 2, 3], layers_of(name, setting, LAYERS), name)
     for layer, value in every.items():
         expected = value[:, [3, 1]]
         assert expected.abs().amax() > 0, layer
@@ -128,9 +130,9 @@ def test_difull_maps_of_some_target_cells_equal_those_among_every_cell(name, con
 def test_difull_maps_are_exactly_zero_outside_the_target_cell(name, conv_model):
     """The structural claim of the methods that declare it (``MethodTesting.difull_exact``):
     exactly zero outside the target cell at every layer, so a score of exactly 1.0 at the input."""
-    setting, x, labels = case(conv_model(), "difull")
+    setting, x, labels = case_of(name, conv_model, "difull")
     cells = [0, 1, 2, 3]
-    for layer, value in run_maps(setting, x, labels, cells, LAYERS, name).items():
+    for layer, value in run_maps(setting, x, labels, cells, layers_of(name, setting, LAYERS), name).items():
         outside = ~setting.cell_mask(torch.tensor(cells), value.shape[-2:])
         assert torch.count_nonzero(value * outside[None]) == 0, layer
         assert torch.count_nonzero(value * ~outside[None]) > 0, layer
