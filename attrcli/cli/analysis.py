@@ -64,6 +64,24 @@ CiMethod = Annotated[
     str, typer.Option("--ci-method", help=f"Bootstrap interval method: {', '.join(METHODS)}.")
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap resampling.")]
+STATISTICS = ("score", "pointing")
+Statistic = Annotated[
+    str,
+    typer.Option(
+        "--statistic",
+        help="What to relate per attribution: score (localization score) or pointing "
+        "(pointing-game hit, 0 or 1).",
+    ),
+]
+
+
+def check_statistic(value: str) -> str:
+    """A ``--statistic`` value, or a one-line usage error."""
+    from attrcli.errors import UserError
+
+    if value not in STATISTICS:
+        raise UserError(f"unknown --statistic {value!r}; valid: {', '.join(STATISTICS)}")
+    return value
 Name = Annotated[
     str | None,
     typer.Option(
@@ -319,6 +337,7 @@ def correlate_command(
     resamples: Resamples = 2000,
     ci_method: CiMethod = "percentile",
     seed: Seed = 0,
+    statistic: Statistic = "score",
 ) -> None:
     """Spearman correlation of per-attribution scores between keys (supplement C, Tables 1-2).
 
@@ -326,6 +345,7 @@ def correlate_command(
     """
     from attrcli.stages.correlate import correlate
 
+    check_statistic(statistic)
     bootstrap = bootstrap_config(confidence, resamples, ci_method, seed)
     inputs, root = select(
         paths, grids, setting, model, layer, method, cache_dir, ("attributions", "scores")
@@ -333,7 +353,7 @@ def correlate_command(
     result = run_stage(
         correlate, device, quiet or json_out,
         score_paths=inputs, reference=reference, name=name, cache_root=root, force=force, wait=wait,
-        bootstrap=bootstrap,
+        bootstrap=bootstrap, statistic=statistic,
     )
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
@@ -342,7 +362,8 @@ def correlate_command(
         err.print(f"[dim]{result.status:>17}[/dim]  {result.name}", highlight=False)
         shared, rows, columns = _short_labels(result.rows, result.columns)
         title = (
-            f"Spearman correlation of localization scores, {shared} ({result.count} attributions)"
+            f"Spearman correlation of {'pointing-game hits' if statistic == 'pointing' else 'localization scores'}, "
+            f"{shared} ({result.count} attributions)"
         )
         table = Table(
             title=title, caption=f"[{ci_level(bootstrap.confidence)}]: bootstrap over grid images"

@@ -22,7 +22,9 @@ from attrcli.cli.analysis import (
     Name,
     Resamples,
     Seed,
+    Statistic,
     bootstrap_config,
+    check_statistic,
     ci_level,
     ci_text,
     run_stage,
@@ -106,7 +108,8 @@ def _print_comparison(result: ComparisonResult) -> None:
         err.print(f"[dim]test: {TEST}[/dim]", highlight=False)
         return
     alpha = result.bootstrap.alpha
-    table = Table(title=f"Δmedian localization, row minus column{context} ({units})")
+    what = "Δmean pointing-game hit rate" if result.statistic == "pointing" else "Δmedian localization"
+    table = Table(title=f"{what}, row minus column{context} ({units})")
     labels = [_pair_label(k, shared) for k in result.keys]
     table.add_column("")
     for label in labels:
@@ -120,10 +123,12 @@ def _print_comparison(result: ComparisonResult) -> None:
                 cells.append("")
                 continue
             sign = 1 if i < j else -1
-            low, high = pair.delta_median_ci
+            pointing = result.statistic == "pointing"  # the median of 0/1 hits says little: the mean
+            low, high = pair.delta_mean_ci if pointing else pair.delta_median_ci
+            delta = pair.delta_mean if pointing else pair.delta_median
             bounds = (low, high) if sign > 0 else (-high, -low)
             star = " *" if pair.p_adjusted < alpha else ""
-            cells.append(f"{_signed(sign * pair.delta_median, 2)}{star}\n{ci_text(bounds, 2).strip()}")
+            cells.append(f"{_signed(sign * delta, 2)}{star}\n{ci_text(bounds, 2).strip()}")
         table.add_row(label, *cells)
     err.print(table)
     err.print(
@@ -160,6 +165,7 @@ def compare_command(
     resamples: Resamples = 2000,
     ci_method: CiMethod = "percentile",
     seed: Seed = 0,
+    statistic: Statistic = "score",
 ) -> None:
     """Paired differences between keys scoring the same attributions, with intervals and tests.
 
@@ -168,6 +174,7 @@ def compare_command(
     """
     from attrcli.stages.compare import compare
 
+    check_statistic(statistic)
     bootstrap = bootstrap_config(confidence, resamples, ci_method, seed)
     if key:
         if paths:
@@ -183,7 +190,7 @@ def compare_command(
     result = run_stage(
         compare, device, quiet or json_out,
         score_paths=inputs, name=name, cache_root=root, force=force, wait=wait,
-        bootstrap=bootstrap,
+        bootstrap=bootstrap, statistic=statistic,
     )
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))

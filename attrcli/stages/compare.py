@@ -5,7 +5,9 @@ grid file) the result is the difference of their median and mean scores with boo
 intervals and a Wilcoxon signed-rank test; for more keys (every method at one layer), every
 pair, with p-values Holm-corrected over the family (:func:`attrcli.metrics.intervals.compare_keys`).
 Writes ``<cache_root>/comparisons/<name>.h5`` (:class:`~attrcli.store.keys.ComparisonKey`) and
-skips it when up to date, as ``correlate`` does.
+skips it when up to date, as ``correlate`` does. ``statistic="pointing"`` compares the
+pointing-game hits (0 or 1 per attribution) instead of the localization scores: Δmean is then
+the difference of hit rates.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from attrcli.metrics.scoresets import (
 )
 from attrcli.progress import Progress
 from attrcli.stages.caching import UP_TO_DATE, status_of
-from attrcli.stages.score import load_scores
+from attrcli.stages.score import STATISTICS, load_scores
 from attrcli.store import ArtifactKey, artifact_lock, read_artifact, write_artifact
 from attrcli.store.artifacts import make_provenance
 from attrcli.store.keys import ComparisonKey
@@ -68,6 +70,7 @@ class ComparisonResult:
     count: int  # attributions per key
     grid_images: int  # the resampled and tested units
     bootstrap: BootstrapConfig
+    statistic: str = "score"  # what is compared: localization scores, or pointing-game hits
 
     def matrix(self, field: str) -> np.ndarray:
         """``field`` of every pair as a (K, K) matrix, row key minus column key.
@@ -104,6 +107,7 @@ class ComparisonResult:
             "keys": self.keys,
             "count": self.count,
             "grid_images": self.grid_images,
+            "statistic": self.statistic,
             "test": TEST,
             "correction": f"{CORRECTION} (family-wise error over {len(self.pairs)} comparisons)",
             "intervals": self.bootstrap.to_dict(),
@@ -126,15 +130,19 @@ def compare(
     progress: Progress | None = None,
     wait: bool = False,
     bootstrap: BootstrapConfig | None = None,
+    statistic: str = "score",
 ) -> ComparisonResult:
     """Compare every pair of the given keys (at least two) on the same attributions, cached.
 
     Keys are score or attribution artifact paths, or keys resolved under ``cache_root``; missing
     or stale scores are computed first. Refused unless every key scores the same attributions
     (same grid file, grid images, target cells and heads). The default name is
-    ``<grids>.<setting(s)>.<model(s)>.<hash of the key labels>``.
+    ``<grids>.<setting(s)>.<model(s)>.<hash of the key labels>`` (``.pointing`` appended for
+    ``statistic="pointing"``, which compares pointing-game hits instead of scores).
     """
     check_name(name, "comparison")
+    if statistic not in STATISTICS:
+        raise UserError(f"unknown statistic {statistic!r}; valid: {', '.join(STATISTICS)}")
     bootstrap = bootstrap or BootstrapConfig()
     items = score_inputs(score_paths, keys, cache_root, verb="compare")
     if len(items) < 2:
@@ -145,9 +153,11 @@ def compare(
     check_inputs(items, "compare")
     labels = [item.key.label() for item in items]
     root = Path(cache_root) if cache_root else items[0].root
-    name = name or default_name([i.key for i in items], labels)
+    if name is None:
+        name = default_name([i.key for i in items], labels)
+        name += "" if statistic == "score" else f".{statistic}"
     out = ComparisonKey(name).path(root)
-    scores = load_scores(items, device=device, progress=progress, wait=wait)
+    scores = load_scores(items, device=device, progress=progress, wait=wait, statistic=statistic)
     inputs = scores_hashes(scores)
     config = {
         "stage": "compare",
@@ -157,6 +167,8 @@ def compare(
         "intervals": bootstrap.to_dict(),
         "version": 1,
     }
+    if statistic != "score":  # score comparisons keep the config they always had
+        config["statistic"] = statistic
     stacked = np.stack([scores[item.key] for item in items])
     count, grid_images = int(stacked[0].size), int(stacked.shape[1])
     status = status_of(out, inputs, config, force)
@@ -175,6 +187,7 @@ def compare(
                     "grid_images": grid_images,
                     "test": TEST,
                     "correction": CORRECTION,
+                    "statistic": statistic,
                     **bootstrap.attrs(),
                 },
                 provenance=make_provenance(
@@ -185,7 +198,7 @@ def compare(
                     seconds=time.perf_counter() - start,
                 ),
             )
-    return ComparisonResult(out, name, status, labels, pairs, count, grid_images, bootstrap)
+    return ComparisonResult(out, name, status, labels, pairs, count, grid_images, bootstrap, statistic)
 
 
 def _pair_arrays(pairs: list[PairedDifference]) -> dict[str, np.ndarray]:

@@ -2,7 +2,8 @@
 (supplement C, Tables 1-2), with bootstrap intervals, cached.
 
 Writes ``<root>/correlations/<name>.h5`` (:class:`~attrcli.store.keys.CorrelationKey`) and skips
-it when its provenance records the same scores and config.
+it when its provenance records the same scores and config. ``statistic="pointing"`` correlates
+the pointing-game hits (0 or 1 per attribution) instead of the localization scores.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from attrcli.metrics.scoresets import (
 from attrcli.metrics.selection import resolve_reference, score_input
 from attrcli.progress import Progress
 from attrcli.stages.caching import UP_TO_DATE, status_of
-from attrcli.stages.score import load_scores
+from attrcli.stages.score import STATISTICS, load_scores
 from attrcli.store import ArtifactKey, artifact_lock, read_artifact, write_artifact
 from attrcli.store.artifacts import make_provenance
 from attrcli.store.keys import CorrelationKey
@@ -51,6 +52,7 @@ class CorrelationResult:
     low: np.ndarray | None = None  # bootstrap interval bounds, shaped as ``matrix``
     high: np.ndarray | None = None
     bootstrap: BootstrapConfig | None = None
+    statistic: str = "score"  # what is correlated: localization scores, or pointing-game hits
 
     def to_dict(self) -> dict:
         def plain(array: np.ndarray | None) -> list | None:
@@ -70,6 +72,7 @@ class CorrelationResult:
             "intervals": self.bootstrap.to_dict() if self.bootstrap else None,
             "count": self.count,
             "reference": self.reference,
+            "statistic": self.statistic,
         }
 
 
@@ -85,6 +88,7 @@ def correlate(
     progress: Progress | None = None,
     wait: bool = False,
     bootstrap: BootstrapConfig | None = None,
+    statistic: str = "score",
 ) -> CorrelationResult:
     """Spearman correlation of per-attribution scores between keys (supplement C), cached.
 
@@ -95,9 +99,12 @@ def correlate(
     supplement's Tables 1-2 (Grad-CAM at the final layer against S-IntGrad at the input, per K).
     Every coefficient gets a bootstrap interval (``bootstrap``), the same grid images drawn for
     both keys. Writes ``<cache_root>/correlations/<name>.h5``; the default name is
-    ``<grids>.<setting>.<model>.<hash of the key labels>``.
+    ``<grids>.<setting>.<model>.<hash of the key labels>`` (``.pointing`` appended for
+    ``statistic="pointing"``, which correlates pointing-game hits instead of scores).
     """
     check_name(name, "correlation")
+    if statistic not in STATISTICS:
+        raise UserError(f"unknown statistic {statistic!r}; valid: {', '.join(STATISTICS)}")
     bootstrap = bootstrap or BootstrapConfig()
     columns = score_inputs(score_paths, keys, cache_root, verb="correlate")
     rows = columns
@@ -119,9 +126,11 @@ def correlate(
     row_labels = [item.key.label() for item in rows]
     col_labels = [item.key.label() for item in columns]
     root = Path(cache_root) if cache_root else columns[0].root
-    name = name or default_name([i.key for i in everyone], row_labels, col_labels)
+    if name is None:
+        name = default_name([i.key for i in everyone], row_labels, col_labels)
+        name += "" if statistic == "score" else f".{statistic}"
     out = CorrelationKey(name).path(root)
-    scores = load_scores(everyone, device=device, progress=progress, wait=wait)
+    scores = load_scores(everyone, device=device, progress=progress, wait=wait, statistic=statistic)
     inputs = scores_hashes(scores)
     config = {
         "stage": "correlate",
@@ -131,6 +140,8 @@ def correlate(
         "intervals": bootstrap.to_dict(),
         "version": 2,
     }
+    if statistic != "score":  # score correlations keep the config they always had
+        config["statistic"] = statistic
     status = status_of(out, inputs, config, force)
     if status == UP_TO_DATE:
         stored = read_artifact(out, names=["matrix", "low", "high"])
@@ -156,6 +167,7 @@ def correlate(
                     "columns": col_labels,
                     "reference": reference or "",
                     "count": count,
+                    "statistic": statistic,
                     **bootstrap.attrs(),
                 },
                 provenance=make_provenance(
@@ -167,5 +179,5 @@ def correlate(
                 ),
             )
     return CorrelationResult(
-        out, name, status, row_labels, col_labels, matrix, count, reference, low, high, bootstrap
+        out, name, status, row_labels, col_labels, matrix, count, reference, low, high, bootstrap, statistic
     )

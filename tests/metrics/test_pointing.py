@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from attrcli.errors import UserError
 from attrcli.metrics.intervals import BootstrapConfig, mean_interval
 from attrcli.metrics.localization import localization_scores, pointing_hits
 
@@ -94,12 +95,12 @@ CACHE = "cache"
 
 def peaked_maps(count=6, targets=4, size=8, miss_every=3):
     """Each target's map peaks in its own cell, except every ``miss_every``-th grid image,
-    whose peak is in the next cell."""
+    whose peak is in the next cell (none with ``miss_every=0``)."""
     maps = np.zeros((count, targets, size, size))
     half = size // 2
     for i in range(count):
         for t in range(targets):
-            cell = (t + 1) % 4 if i % miss_every == 0 else t
+            cell = (t + 1) % 4 if miss_every and i % miss_every == 0 else t
             r, c = divmod(cell, 2)
             maps[i, t, r * half + 1, c * half + 1] = 2.0
     return maps
@@ -169,3 +170,46 @@ def test_difull_gradient_at_the_input_always_points_at_its_cell(tmp_path, conv_m
     [row] = summarize([scored.path])
     assert row.count == 8  # 4 grid images, the two corner heads
     assert row.pointing == 1.0 and row.pointing_ci == (1.0, 1.0)
+
+
+def test_compare_and_correlate_take_the_hit_rate_as_statistic(workdir, grid_file, fakes):
+    from attrcli.stages.compare import compare
+    from attrcli.stages.correlate import correlate
+
+    always = peaked_maps(miss_every=0)  # every attribution a hit
+    some = peaked_maps(miss_every=2)  # grid images 0, 2, 4 miss
+    first = fakes.make_attribution(workdir / CACHE, always, grid_path=grid_file, method="grad")
+    second = fakes.make_attribution(workdir / CACHE, some, grid_path=grid_file, method="ixg")
+    config = BootstrapConfig(resamples=200)
+    by_hits = compare(score_paths=[first, second], statistic="pointing", bootstrap=config)
+    [pair] = by_hits.pairs
+    assert pair.delta_mean == pytest.approx(0.5)  # hit rates 1.0 and 0.5
+    assert by_hits.statistic == "pointing" and by_hits.name.endswith(".pointing")
+    by_scores = compare(score_paths=[first, second], bootstrap=config)
+    assert by_scores.path != by_hits.path and by_scores.statistic == "score"
+    assert by_scores.to_dict()["statistic"] == "score"
+    assert compare(score_paths=[first, second], statistic="pointing", bootstrap=config).status == "up to date"
+    hits = correlate(score_paths=[first, second], statistic="pointing", bootstrap=config)
+    # the first key's hits are constant: no ranking, so NaN against the other
+    assert np.isnan(hits.matrix[0, 1]) and hits.matrix[1, 1] == pytest.approx(1.0)
+    with pytest.raises(UserError, match="statistic"):
+        compare(score_paths=[first, second], statistic="energy")
+
+
+def test_statistic_is_refused_on_one_line_by_the_cli(workdir, grid_file, fakes):
+    from typer.testing import CliRunner
+
+    from attrcli.cli.main import app
+
+    first = fakes.make_attribution(workdir / CACHE, peaked_maps(), grid_path=grid_file, method="grad")
+    second = fakes.make_attribution(workdir / CACHE, peaked_maps(miss_every=2), grid_path=grid_file, method="ixg")
+    runner = CliRunner()
+    bad = runner.invoke(app, ["compare", str(first), str(second), "--statistic", "energy"])
+    assert bad.exit_code == 2 and "unknown --statistic" in bad.output
+    assert not (workdir / CACHE / "comparisons").exists()
+    good = runner.invoke(app, ["correlate", str(first), str(second), "--statistic", "pointing", "--json",
+                               "--resamples", "100"])
+    assert good.exit_code == 0, good.output
+    import json
+
+    assert json.loads(good.stdout)["statistic"] == "pointing"
