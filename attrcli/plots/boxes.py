@@ -8,7 +8,9 @@ line; it is drawn as a ``*`` instead, as the supplement does. Whiskers reach 1.5
 are not drawn (thousands of points per box would hide the boxes). Where the score artifact
 holds the bootstrap interval of the median (``attrcli score``), a dark error bar over the
 median line shows it: two boxes whose bars do not overlap differ beyond resampling noise
-(``attrcli compare`` tests the paired difference).
+(``attrcli compare`` tests the paired difference). With ``pointing=True`` a white diamond at the
+right edge of each box marks the key's pointing-game hit rate (dataset ``pointing`` of the score artifact) on the
+same 0-1 axis, with a thin bar for its bootstrap interval.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.transforms import offset_copy
 
+from attrcli.errors import UserError
 from attrcli.metrics.summary import stored_intervals
 from attrcli.plots.common import (
     ScoreSet,
@@ -43,10 +46,15 @@ YMIN = -0.03
 GUIDE = {"linestyle": ":", "linewidth": 1.2, "color": "0.35", "zorder": 0}
 #: The error bar of the median's interval.
 INTERVAL = {"ecolor": "0.05", "elinewidth": 1.6, "capsize": 2.5, "capthick": 1.2, "zorder": 4}
+#: The pointing-game hit rate's marker and the bar of its interval.
+HIT = {"marker": "D", "markersize": 4.5, "markerfacecolor": "white", "markeredgecolor": "0.1",
+       "markeredgewidth": 0.9, "linestyle": "", "zorder": 5}
+HIT_INTERVAL = {"ecolor": "0.35", "elinewidth": 0.8, "capsize": 1.5, "zorder": 4.5}
 
 
-def build_boxes(*, score_paths: list[Path]) -> Figure:
-    """The box-plot figure of the score artifacts (or the scores of attribution artifacts)."""
+def build_boxes(*, score_paths: list[Path], pointing: bool = False) -> Figure:
+    """The box-plot figure of the score artifacts (or the scores of attribution artifacts);
+    ``pointing`` also marks each key's pointing-game hit rate."""
     sets = load_scores(score_paths)
     # One row per model and one column per setting: GridPG and DiFull/DiPart read different grid
     # files (distinct / corners), which still belong in one row.
@@ -64,6 +72,7 @@ def build_boxes(*, score_paths: list[Path]) -> Figure:
     axes = fig.subplots(len(rows), len(settings), squeeze=False, sharey=True)
     collapsed = False
     levels: set[float] = set()
+    hits = False
     for r, model in enumerate(rows):
         for c, setting in enumerate(settings):
             ax = axes[r][c]
@@ -74,11 +83,13 @@ def build_boxes(*, score_paths: list[Path]) -> Figure:
                 empty_panel(ax, f"no scores for\n{title}")
                 continue
             panel_collapsed, panel_levels = _draw_panel(ax, panel, colours)
+            if pointing:
+                hits |= _draw_hit_rates(ax, panel)
             collapsed |= panel_collapsed
             levels |= panel_levels
             ax.set_title(title, fontsize=10)
             if c == 0:
-                ax.set_ylabel(YLABEL)
+                ax.set_ylabel(YLABEL + (" / hit rate" if pointing else ""))
     handles = [Patch(facecolor=colours[m], edgecolor="0.2", label=m) for m in colours]
     handles += [
         Line2D([], [], label="perfect localization (1.0)", **GUIDE),
@@ -93,15 +104,53 @@ def build_boxes(*, score_paths: list[Path]) -> Figure:
         handles.append(Line2D([], [], color=INTERVAL["ecolor"], marker="_", markersize=6,
                               linewidth=INTERVAL["elinewidth"],
                               label=f"{level} CI of the median (grid images resampled)"))
+    if hits:
+        handles.append(Line2D([], [], label="pointing-game hit rate (with CI)", **HIT))
     per_column = max(4, int((fig.get_figheight() - 0.4) / 0.2))
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False,
                ncol=math.ceil(len(handles) / per_column))
     return fig
 
 
-def plot_boxes(*, score_paths: list[Path], out: Path, fmt: str = "png") -> Path:
-    """Write the box-plot figure to ``out``; returns the path."""
-    return save_figure(build_boxes(score_paths=score_paths), out, fmt)
+def plot_boxes(*, score_paths: list[Path], out: Path, fmt: str = "png", pointing: bool = False) -> Path:
+    """Write the box-plot figure to ``out`` (``pointing``: with the hit rates); returns the path."""
+    return save_figure(build_boxes(score_paths=score_paths, pointing=pointing), out, fmt)
+
+
+def hit_rate(item: ScoreSet) -> tuple[float, tuple[float, float]] | None:
+    """The pointing-game hit rate of ``item`` and its stored interval (NaN when absent), or None
+    for an artifact without hits."""
+    try:
+        artifact = read_artifact(item.path)
+    except UserError:
+        return None
+    hits = artifact.data.get("pointing")
+    if hits is None or np.size(hits) == 0:
+        return None
+    bounds = artifact.data.get("pointing_interval")
+    ci = (np.nan, np.nan)
+    if bounds is not None and np.shape(bounds) == (2,):
+        ci = (float(bounds[0]), float(bounds[1]))
+    return float(np.mean(hits)), ci
+
+
+def _draw_hit_rates(ax, panel: list[ScoreSet]) -> bool:
+    """Mark each box's hit rate (and interval) at the box's right edge; whether any was drawn."""
+    layers = order_layers(s.key.layer for s in panel)
+    methods = order_methods(s.key.method for s in panel)
+    step = 0.8 / len(methods)
+    drawn = False
+    for item in panel:
+        found = hit_rate(item)
+        if found is None:
+            continue
+        rate, (low, high) = found
+        x = layers.index(item.key.layer) - 0.4 + step * (methods.index(item.key.method) + 0.8)
+        if np.isfinite(low) and np.isfinite(high):
+            ax.errorbar([x], [rate], yerr=[[rate - low], [high - rate]], fmt="none", **HIT_INTERVAL)
+        ax.plot([x], [rate], **HIT)
+        drawn = True
+    return drawn
 
 
 def _panel_width(panel: list[ScoreSet]) -> float:

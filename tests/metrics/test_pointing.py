@@ -213,3 +213,20 @@ def test_statistic_is_refused_on_one_line_by_the_cli(workdir, grid_file, fakes):
     import json
 
     assert json.loads(good.stdout)["statistic"] == "pointing"
+
+
+def test_box_plot_marks_the_hit_rate_beside_the_score(workdir, grid_file, fakes):
+    from attrcli.plots.boxes import build_boxes
+    from attrcli.stages.score import score
+
+    attribution = fakes.make_attribution(workdir / CACHE, peaked_maps(), grid_path=grid_file)
+    [result] = score(attribution_paths=[attribution], bootstrap=BootstrapConfig(resamples=200))
+    plain = build_boxes(score_paths=[result.path])
+    marked = build_boxes(score_paths=[result.path], pointing=True)
+
+    def diamonds(fig):
+        return [line.get_ydata()[0] for ax in fig.axes for line in ax.lines if line.get_marker() == "D"]
+
+    assert diamonds(plain) == []
+    assert diamonds(marked) == [pytest.approx(4 / 6)]
+    assert "hit rate" in marked.axes[0].get_ylabel()
