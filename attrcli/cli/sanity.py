@@ -30,6 +30,7 @@ from attrcli.cli.options import (
     model_weights,
 )
 from attrcli.errors import UserError
+from attrcli.names import FIGURE_FORMATS
 
 MODES = ("cascading", "independent")
 MEASURE_NAMES = ("spearman", "spearman_abs", "ssim", "score_change")
@@ -94,6 +95,8 @@ def sanity_command(
         raise UserError(f"unknown --mode {mode!r}; valid: {', '.join(MODES)}")
     if measure not in MEASURE_NAMES:
         raise UserError(f"unknown --measure {measure!r}; valid: {', '.join(MEASURE_NAMES)}")
+    if figure is not None and figure.suffix.lower().lstrip(".") not in FIGURE_FORMATS:
+        raise UserError(f"--figure {figure}: use a file name ending in .{', .'.join(FIGURE_FORMATS)}")
     bootstrap = BootstrapConfig(confidence=confidence, resamples=resamples, seed=seed)
     request = AttributeRequest(
         grids=grids, setting=split_list(setting), model=model, layers=layer, methods=method,
@@ -106,7 +109,7 @@ def sanity_command(
         from attrcli.plots.sanity import plot_sanity
 
         plot_sanity(sanity_paths=[r.path for r in results], out=figure, measure=measure,
-                    fmt=figure.suffix.lstrip(".") or "png")
+                    fmt=figure.suffix.lower().lstrip("."))
     if as_json:
         typer.echo(json.dumps({"mode": mode, "seed": seed, "keys": [r.to_dict() for r in results]}, indent=2))
         return

@@ -52,6 +52,7 @@ def test_json_gives_steps_and_one_list_per_measure(tmp_path, monkeypatch):
     ("--mode", "sideways", "unknown --mode"),
     ("--measure", "pearson", "unknown --measure"),
     ("--method", "nosuch", "nosuch"),
+    ("--figure", "curves.gif", "--figure curves.gif"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, option, value, message):
     monkeypatch.chdir(tmp_path)
