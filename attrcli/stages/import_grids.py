@@ -81,9 +81,11 @@ def import_grids(
     batch_size: int = 256,
     force: bool = False,
     wait: bool = False,
+    dry_run: bool = False,
 ) -> tuple[Path, str]:
     """Check a user's grids and write them as a grid file; returns its path and
-    ``"written"`` or ``"up to date"``. Raises UserError, before writing anything, on bad input."""
+    ``"written"`` or ``"up to date"`` (``dry_run``: ``"to import"``, nothing written). Raises
+    UserError, before writing anything, on bad input."""
     source = Path(source)
     if variant not in VARIANTS:
         raise UserError(f"unknown grid variant {variant!r}; valid: {', '.join(VARIANTS)}")
@@ -134,6 +136,8 @@ def import_grids(
     status = _existing(path, config, got.inputs, force)
     if status:
         return path, status
+    if dry_run:
+        return path, "to import"
     provenance = make_provenance(config=config, inputs=got.inputs, seed=None, device="cpu")
     # No wall-clock fields: the same source gives a byte-identical grid file (as make-grids).
     provenance.pop("created", None)

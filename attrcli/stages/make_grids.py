@@ -128,6 +128,7 @@ def make_grids(
     batch_size: int = 256,
     progress: Progress | None = None,
     report: Report | None = None,
+    dry_run: bool = False,
 ) -> list[Path]:
     """Build grid files ``<out_dir>/<name>.h5`` (docs/artifacts.md), one per variant, and with
     ``per_model`` one per variant and model; return their paths.
@@ -136,6 +137,7 @@ def make_grids(
     ``count`` defaults to the dataset's per-variant count, else to as many grids as the
     confident pool fills without reuse. A file whose config and inputs (weights hashes, pool
     labels) are unchanged is kept unless ``force``. Every check runs before anything is written.
+    ``dry_run`` writes nothing: ``report`` hears ``"to build"`` or ``"up to date"`` per file.
     """
     variants = resolve_variants(variant)
     _check_numbers(n=n, count=count, min_conf=min_conf, seed=seed, batch_size=batch_size,
@@ -177,6 +179,11 @@ def make_grids(
                                config, inputs))
 
     todo = [f for f in files if force or not _up_to_date(f)]
+    if dry_run:
+        for f in files:
+            if report:
+                report(f.path, "to build" if f in todo else "up to date")
+        return [f.path for f in files]
     for f in todo:
         output_target(f.path, what="grid file")  # a folder or device in the way: refused before any work
     if todo:

@@ -1,77 +1,47 @@
-"""``run``: the whole study end to end, every stage cached (SPEC §4, issue "plot and run").
+"""``run``: a whole study end to end, every stage cached (SPEC §4; study files).
 
-Make both grid files, attribute every method at the study's layers in all three settings for
-every model, derive the smoothing sweep and SmoothGrad, score, AggAtt, correlate, draw the
-figures and write ``reports/<study>/summary.md``. Each stage skips what is up to date, so a
-second run only redraws.
+A study is a file (:mod:`attrcli.stages.studyfile`; the presets ``digits`` and
+``paper-imagenet`` are shipped ones), checked against the registries before anything is written
+(:mod:`attrcli.stages.studycheck`). ``run`` then builds or imports its grid files, attributes
+every method the study names at its layers in its settings for every model, derives the
+smoothing sweep and SmoothGrad, scores, computes AggAtt, the correlations and the paired
+comparisons the study asks for, draws its figures and writes ``reports/<study>/summary.md``.
+Each stage skips what is up to date, so a second run computes nothing. :func:`dry_run` lists
+what a run would compute, key by key, without computing anything.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from attrcli.errors import UserError
-from attrcli.names import LAYERS, PAPER_METHODS, PAPER_SETTINGS
 from attrcli.progress import Log, Progress
-from attrcli.registry import Registry
+from attrcli.stages.studycheck import PAPER_KS, StudyPlan, apply_overrides, check_study, scaled_kernels, study_path
+from attrcli.stages.studyfile import Study, load_study, preset_names, preset_text, read_study
 
 if TYPE_CHECKING:
     from attrcli.stages.plan import AttributeRequest, AttributeResult
     from attrcli.store import ArtifactKey
 
-__all__ = ["PAPER_KS", "PAPER_METHODS", "PRESETS", "StudyPreset", "StudyResult", "run_study", "scaled_kernels"]
-
-PAPER_KS = (9, 17, 33, 65, 129, 257)  # on 448-pixel grids (supplement D)
-
-
-def scaled_kernels(image_size: int, ks: tuple[int, ...] = PAPER_KS) -> tuple[int, ...]:
-    """The paper's kernel sizes scaled from 448-pixel grids to ``image_size``: odd, ≥ 3, unique."""
-    out: list[int] = []
-    for k in ks:
-        scaled = max(3, int(round(k * image_size / 448)))
-        scaled += 1 - scaled % 2
-        if scaled not in out:
-            out.append(scaled)
-    return tuple(out)
+__all__ = ["PAPER_KS", "ReportView", "StudyResult", "dry_run", "open_study", "run_study", "scaled_kernels"]
 
 
 @dataclass(frozen=True)
-class StudyPreset:
-    """What a study runs."""
+class ReportView:
+    """What the report and the figures read of a study."""
 
     name: str
-    dataset: str
     models: tuple[str, ...]
+    settings: tuple[str, ...]
+    layers: tuple[str, ...]
+    n: int
     cell_size: int
-    n: int = 2
-    settings: tuple[str, ...] = PAPER_SETTINGS
-    layers: tuple[str, ...] = LAYERS
-    methods: tuple[str, ...] = PAPER_METHODS
-    smoothing_settings: tuple[str, ...] = ("gridpg", "difull")  # where the sweep runs (Fig. 26)
-    smoothgrad: tuple[str, ...] = ("smoothgrad-intgrad", "smoothgrad-ixg")
-    smoothgrad_settings: tuple[str, ...] = ("gridpg", "difull")
-    count_distinct: int | None = None  # None: the dataset's default
-    count_corners: int | None = None
-    batch_size: int = 32
-
-    @property
-    def kernels(self) -> tuple[int, ...]:
-        return scaled_kernels(self.n * self.cell_size)
-
-
-PRESETS: Registry[StudyPreset] = Registry("study preset")
-# 32 grids per variant (128 GridPG and 64 DiFull/DiPart attributions per key) keep the cold run on
-# a 2-core CPU within minutes; SmoothGrad (15 noisy IntGrad passes) runs on GridPG only.
-PRESETS.register("digits")(StudyPreset(
-    name="digits", dataset="digits", models=("digits-vgg11", "digits-resnet18"), cell_size=32,
-    count_distinct=32, count_corners=32, batch_size=64, smoothgrad_settings=("gridpg",),
-))
-PRESETS.register("paper-imagenet")(StudyPreset(
-    name="paper-imagenet", dataset="imagenet", models=("vgg11", "resnet18"), cell_size=224,
-    count_distinct=500, count_corners=1000, batch_size=16,
-))
+    smoothing_settings: tuple[str, ...]
+    description: str = ""
+    figures: tuple[str, ...] = ()
 
 
 @dataclass
@@ -83,140 +53,309 @@ class StudyResult:
     figures: list[Path] = field(default_factory=list)
     attributions: list[Path] = field(default_factory=list)
     computed: int = 0  # artifacts computed (not found up to date)
+    computed_keys: list[str] = field(default_factory=list)  # labels of the attribution keys computed
+
+
+def open_study(study: Study | str | Path) -> Study:
+    """A study: given, a shipped preset's name, or a study file's path."""
+    if isinstance(study, Study):
+        return study
+    if isinstance(study, str) and study in preset_names():
+        return read_study(preset_text(study), source=f"{study}.toml")
+    path = Path(study)
+    if path.suffix.lower() != ".toml" and not path.exists():
+        raise UserError(f"unknown study preset {str(study)!r}; valid: {', '.join(preset_names())} (or a STUDY.toml file)")
+    return load_study(path)
+
+
+def _planned(study: Study | str | Path, overrides: dict[str, Any], data_dir: Path, cache_root: Path,
+             force: bool) -> StudyPlan:
+    from attrcli.store.files import check_folder
+
+    for option, folder in (("--data-dir", data_dir), ("--cache-dir", cache_root)):
+        check_folder(folder, what=option)
+    chosen = apply_overrides(open_study(study), **overrides)
+    return check_study(chosen, data_dir=Path(data_dir), cache_root=Path(cache_root), force=force)
+
+
+def view_of(planned: StudyPlan) -> ReportView:
+    study = planned.study
+    layers = list(dict.fromkeys(layer for r in planned.requests if r.methods and not _derived_only(r) for layer in r.layers))
+    return ReportView(
+        name=study.name, models=tuple(planned.model_keys[m] for m in study.model_names), settings=tuple(study.settings), layers=tuple(layers),
+        n=study.grids.n, cell_size=planned.cell_size, smoothing_settings=study.smoothing_settings,
+        description=study.description, figures=tuple(study.analysis.figures),
+    )
+
+
+def _derived_only(request: AttributeRequest) -> bool:
+    return all(str(m).startswith(("s-", "smoothgrad-")) for m in request.methods)
 
 
 def run_study(
     *,
-    preset: str = "digits",
-    root: Path | None = None,
-    device: str = "auto",
-    weights: dict[str, str] | None = None,
-    count: int | None = None,
-    batch_size: int | None = None,
+    study: Study | str | Path = "digits",
     data_dir: Path = Path("data/grids"),
     cache_root: Path = Path("cache"),
     reports_dir: Path = Path("reports"),
-    fmt: str = "png",
     force: bool = False,
-    launcher: str = "inline",
-    partition: str | None = None,
-    precision: str = "fp32",
     progress: Progress | None = None,
     log: Log | None = None,
+    **overrides: Any,
 ) -> StudyResult:
-    """Run the preset's whole study; see the module docstring. ``launcher`` ``local`` or
-    ``slurm`` (with ``partition``) runs the attributions as submitit job arrays. ``precision``
-    (:mod:`attrcli.engine.precision`) computes every attribution in it, under keys of its own
-    (``gradcam@bf16``); scores, AggAtt, correlations and the report follow those keys."""
-    from attrcli.devices import resolve_device
-    from attrcli.engine.precision import check_device, key_suffix
-    from attrcli.models.registry import check_weights
-    from attrcli.plots.common import check_format
-    from attrcli.stages.aggatt import aggatt
-    from attrcli.stages.correlate import correlate
-    from attrcli.stages.make_grids import make_grids
-    from attrcli.stages.plan import AttributeRequest
-    from attrcli.stages.score import score
-    from attrcli.store import ArtifactKey
+    """Run ``study`` (a :class:`Study`, a preset name or a STUDY.toml path); see the module
+    docstring. ``overrides`` are the CLI's options that replace the file's where given (not
+    None): ``device``, ``precision``, ``batch_size``, ``launcher``, ``partition``, ``root``,
+    ``format``, ``count``, ``weights`` (model -> file); they are recorded in the report."""
     from attrcli.store.files import check_folder, output_target
 
-    # Everything is checked before the first file is written (grid files come first).
-    study = PRESETS.get(preset)
-    check_format(fmt)
+    check_folder(reports_dir, what="--reports-dir")
+    planned = _planned(study, {**overrides, "force": force}, Path(data_dir), Path(cache_root), force)
+    study = planned.study
     say = log or (lambda message: None)
-    dev = resolve_device(device)
-    precision = check_device(precision, dev)
-    weights = weights or {}
-    unknown = sorted(set(weights) - set(study.models))
-    if unknown:
-        raise UserError(f"--weights for {unknown[0]}, which is not in study {study.name}; models: {', '.join(study.models)}")
-    if launcher not in ("inline", "local", "slurm"):
-        raise UserError(f"unknown launcher {launcher!r}; valid: inline, local, slurm")
-    for name, value in (("--count", count), ("--batch-size", batch_size)):
-        if value is not None and value < 1:
-            raise UserError(f"{name} must be at least 1, got {value}")
-    for option, folder in (("--data-dir", data_dir), ("--cache-dir", cache_root), ("--reports-dir", reports_dir)):
-        check_folder(folder, what=option)
-    for model, file in weights.items():
-        check_weights(model, file)
-    batch = batch_size if batch_size is not None else study.batch_size
-    label = study.name + key_suffix(precision)  # a bf16 study reports apart: reports/digits@bf16
-    report_dir = Path(reports_dir) / label
+    report_dir = Path(reports_dir) / planned.label
     result = StudyResult(report_dir=report_dir, summary=report_dir / "summary.md")
     output_target(result.summary, what="summary")
 
     say("grids")
-    grid_files = {}
-    for variant, default in (("distinct", study.count_distinct), ("corners", study.count_corners)):
-        (grid_files[variant],) = make_grids(
-            dataset=study.dataset, root=root, variant=variant, n=study.n, count=count if count is not None else default,
-            models=list(study.models), out_dir=data_dir, cache_dir=cache_root, device=dev,
-            force=force, progress=progress,
-        )
-
-    requests = []
-    for model in study.models:
-        common = {"model": model, "device": dev, "batch_size": batch, "force": force, "cache_root": cache_root,
-                  "weights": weights.get(model), "precision": precision}
-        for setting in study.settings:
-            grids = grid_files["corners" if setting != "gridpg" else "distinct"]
-            requests.append(AttributeRequest(grids=grids, setting=setting, layers=list(study.layers),
-                                             methods=list(study.methods), **common))
-            if setting in study.smoothing_settings:
-                derived = [f"s-{base}:k={k}" for base in ("intgrad", "ixg") for k in study.kernels]
-                if setting in study.smoothgrad_settings:
-                    derived += list(study.smoothgrad)
-                requests.append(AttributeRequest(grids=grids, setting=setting, layers=["input"], methods=derived,
-                                                 **common))
+    grid_files = _grids(planned, Path(data_dir), Path(cache_root), force, progress)
+    requests = [r.replace(grids=grid_files[Path(r.grids)]) for r in planned.requests]
     say(f"attribute: {len(requests)} jobs")
-    attributions = []
-    for request in requests:
-        results = _attribute(request, launcher, partition, progress)
-        attributions += [r.path for r in results]
-        result.computed += sum(r.status != "up to date" for r in results)
-    result.attributions = attributions
+    for results in _attribute_all(requests, planned, progress):
+        for r in results:
+            result.attributions.append(r.path)
+            if r.status != "up to date":
+                result.computed += 1
+                result.computed_keys.append(_label(r.key))
 
+    from attrcli.metrics.intervals import BootstrapConfig
+    from attrcli.stages.score import score
+
+    a = study.analysis
+    bootstrap = BootstrapConfig(confidence=a.confidence, resamples=a.resamples, method=a.interval, seed=a.interval_seed)
     say("score")
-    scores = [r.path for r in score(attribution_paths=attributions, cache_root=cache_root, force=force, device=dev, progress=progress)]
-    say("aggatt")
-    aggatts = [r.path for r in aggatt(paths=attributions, cache_root=cache_root, force=force, device=dev, progress=progress)]
+    scores = [r.path for r in score(attribution_paths=result.attributions, cache_root=cache_root, force=force,
+                                    device=planned.device, progress=progress, bootstrap=bootstrap)]
+    aggatts: list[Path] = []
+    if {"aggatt", "examples"} & set(a.figures):
+        from attrcli.stages.aggatt import aggatt
+
+        say("aggatt")
+        aggatts = [r.path for r in aggatt(paths=result.attributions, cache_root=cache_root, force=force,
+                                          device=planned.device, progress=progress)]
     say("correlate")
-    correlations = []
-    for model in study.models:
-        keys = [p for p in scores if _is_paper_key(ArtifactKey.from_path(p), model, study.methods)]
-        correlations.append(correlate(score_paths=keys, name=f"{label}-gridpg-{model}", cache_root=cache_root, force=force).path)
+    correlations = _correlations(planned, scores, Path(cache_root), force, bootstrap)
+    comparisons = _comparisons(planned, scores, Path(cache_root), force, bootstrap)
 
     say("figures")
     from attrcli.stages.report import draw_figures, write_summary
 
-    result.figures = draw_figures(
-        study=study, report_dir=report_dir, fmt=fmt, scores=scores, aggatts=aggatts,
-        correlations=correlations, grid_files=grid_files,
-    )
-    write_summary(study=study, path=result.summary, scores=scores, correlations=correlations, figures=result.figures,
-                  attributions=attributions)
+    view = view_of(planned)
+    variants = {g.variant: grid_files[g.path] for g in planned.grids}
+    result.figures = draw_figures(study=view, report_dir=report_dir, fmt=a.format, scores=scores, aggatts=aggatts,
+                                  correlations=correlations, grid_files=variants)
+    write_summary(study=view, path=result.summary, scores=scores, correlations=correlations, figures=result.figures,
+                  attributions=result.attributions, comparisons=comparisons, provenance=provenance(study))
     return result
 
 
-def _is_paper_key(key: ArtifactKey, model: str, methods: tuple[str, ...]) -> bool:
-    """A GridPG key of ``model`` whose method is one of the study's (the correlations' keys), in
-    any precision (a study computes in one)."""
-    from attrcli.engine.precision import split_key_method
+def provenance(study: Study) -> dict[str, Any]:
+    """What a reader needs to rerun the study: its file's text and hash, the CLI's overrides and
+    the attrcli version."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return key.setting == "gridpg" and key.model == model and split_key_method(key.method)[0] in methods
+    try:
+        attrcli_version = version("attrcli")
+    except PackageNotFoundError:  # pragma: no cover - a source tree without metadata
+        attrcli_version = "unknown"
+    return {"source": study.source, "sha256": study.text_hash, "text": study.text,
+            "overrides": dict(study.overrides), "attrcli": attrcli_version}
 
 
-def _attribute(
-    request: AttributeRequest, launcher: str, partition: str | None, progress: Progress | None,
-) -> list[AttributeResult]:
-    """``request`` in this process (``inline``) or as a job array of ``launcher``."""
-    if launcher == "inline":
+def _label(key: ArtifactKey) -> str:
+    return f"{key.grids}/{key.setting}/{key.model}/{key.layer}/{key.method}"
+
+
+def _grids(planned: StudyPlan, data_dir: Path, cache_root: Path, force: bool, progress: Progress | None) -> dict[Path, Path]:
+    """Build or import the study's grid files; planned path -> the path written."""
+    from attrcli.stages.import_grids import import_grids
+    from attrcli.stages.make_grids import make_grids
+
+    study = planned.study
+    g = study.grids
+    out: dict[Path, Path] = {}
+    for source in planned.grids:
+        if source.kind == "file":
+            out[source.path] = source.path
+        elif source.kind == "import":
+            out[source.path], _ = import_grids(source.source, variant=source.variant, model=study.models[0].name,
+                                               out_dir=data_dir, force=force)
+        else:
+            root = study_path(study, g.root) if g.root is not None else None
+            (out[source.path],) = make_grids(
+                dataset=g.dataset, root=root, variant=source.variant, n=g.n,
+                count=g.count_distinct if source.variant == "distinct" else g.count_corners,
+                cell_size=g.cell_size, min_conf=g.min_conf, models=list(source.models), seed=g.seed,
+                out_dir=data_dir, cache_dir=cache_root, device=planned.device, force=force, progress=progress,
+            )
+    return out
+
+
+def _attribute_all(requests: list[AttributeRequest], planned: StudyPlan,
+                   progress: Progress | None) -> list[list[AttributeResult]]:
+    """Every request's results, in order. Inline on a CPU with several usable cores, the requests
+    with keys to compute run in parallel processes (:func:`jobs_for` of them, the cores shared
+    out as torch threads), the smoothing requests after the ones they derive from; one such
+    request, or one core, runs here as ever. A launcher submits them one after another."""
+    study = planned.study
+    if study.launcher.kind != "inline" or getattr(planned.device, "type", "cpu") != "cpu":
+        return [_attribute(r, study, progress) for r in requests]
+    pending = _pending(requests)
+    workers = jobs_for(sum(pending))
+    if workers < 2:
+        return [_attribute(r, study, progress) for r in requests]
+    from attrcli.stages.parallel import run_requests
+
+    out: list[list[AttributeResult] | None] = [None] * len(requests)
+    for wave in (False, True):  # the smoothing requests read what the others wrote
+        chosen = [i for i, r in enumerate(requests) if _derived_only(r) == wave]
+        busy = [i for i in chosen if pending[i]]
+        for i, results in zip(busy, run_requests([requests[i] for i in busy], workers=workers, progress=progress)):
+            out[i] = results
+        for i in chosen:
+            if out[i] is None:
+                out[i] = _attribute(requests[i], study, progress)
+    return out
+
+
+def jobs_for(pending: int) -> int:
+    """Processes for ``pending`` attribution requests: the usable cores (``ATTRCLI_JOBS``
+    overrides), at most one per request."""
+    import os
+
+    from attrcli.threads import usable_cores
+
+    forced = os.environ.get("ATTRCLI_JOBS", "").strip()
+    cores = int(forced) if forced.isdigit() and int(forced) >= 1 else usable_cores()
+    return max(1, min(cores, pending))
+
+
+def _pending(requests: list[AttributeRequest]) -> list[bool]:
+    """Whether each request has a key to compute (each model loaded once, as ``attribute``
+    loads it; nothing written)."""
+    from attrcli.stages.parallel import pending_jobs
+
+    adapters: dict = {}
+    return [bool(pending_jobs(r, adapters=adapters)) for r in requests]
+
+
+def _attribute(request: AttributeRequest, study: Study, progress: Progress | None) -> list[AttributeResult]:
+    """``request`` in this process (``inline``) or as a job array of the study's launcher."""
+    launcher = study.launcher
+    if launcher.kind == "inline":
         from attrcli.stages.attribute import run_attribute
 
         return run_attribute(request, progress=progress)
-    from attrcli.stages.launch import (  # scale-out (submitit)
-        LaunchOptions,
-        launch_attribute,
-    )
+    from attrcli.stages.launch import LaunchOptions, launch_attribute  # scale-out (submitit)
 
-    return launch_attribute(request, LaunchOptions(launcher=launcher, partition=partition), progress=progress)
+    options = LaunchOptions(launcher=launcher.kind, partition=launcher.partition, gpus_per_task=launcher.gpus_per_task,
+                            time=launcher.time, array_parallelism=launcher.array_parallelism)
+    return launch_attribute(request.replace(shards=launcher.shards), options, progress=progress)
+
+
+def _base_key(key: ArtifactKey, methods: list[str]) -> bool:
+    """A key of one of the study's own methods (not a derived one), in any precision."""
+    from attrcli.engine.precision import split_key_method
+
+    return split_key_method(key.method)[0] in methods
+
+
+def _correlations(planned: StudyPlan, scores: list[Path], cache_root: Path, force: bool, bootstrap) -> list[Path]:
+    """One Spearman matrix per model and correlated setting over the study's own methods."""
+    from attrcli.stages.correlate import correlate
+    from attrcli.store import ArtifactKey
+
+    study = planned.study
+    out = []
+    methods = study.all_methods()
+    for setting in [s for s in study.analysis.correlate if s in study.settings]:
+        for model in study.model_names:
+            model = planned.model_keys[model]
+            keys = [p for p in scores if (k := ArtifactKey.from_path(p)).setting == setting and k.model == model
+                    and _base_key(k, methods)]
+            if len(keys) >= 2:
+                out.append(correlate(score_paths=keys, name=f"{planned.label}-{setting}-{model}", cache_root=cache_root,
+                                     force=force, bootstrap=bootstrap).path)
+    return out
+
+
+def _comparisons(planned: StudyPlan, scores: list[Path], cache_root: Path, force: bool, bootstrap) -> list[Path]:
+    """The study's paired comparisons, one artifact per comparison and model."""
+    from attrcli.engine.precision import key_suffix
+    from attrcli.stages.compare import compare
+    from attrcli.store import ArtifactKey
+
+    study = planned.study
+    by_key = {(k.setting, k.model, k.layer, k.method): p for p in scores if (k := ArtifactKey.from_path(p))}
+    out = []
+    for i, comparison in enumerate(study.analysis.compare):
+        for model in ([comparison.model] if comparison.model else study.model_names):
+            paths = []
+            for key in comparison.keys:
+                layer, _, method = key.partition("/")
+                found = by_key.get((comparison.setting, planned.model_keys[model], layer,
+                                    _canonical(method, planned.cell_size, layer) + key_suffix(planned.precision)))
+                if found is None:
+                    raise UserError(f"analysis.compare[{i}]: no scores for {key} of {model} in {comparison.setting}")
+                paths.append(found)
+            out.append(compare(score_paths=paths, name=f"{planned.label}-compare{i}-{comparison.setting}-{planned.model_keys[model]}",
+                               cache_root=cache_root, force=force, bootstrap=bootstrap).path)
+    return out
+
+
+def _canonical(method: str, cell_size: int, layer: str) -> str:
+    """A method as its artifact key spells it (parameters equal to the layer's preset dropped)."""
+    from attrcli.methods import parse_method
+
+    return parse_method(method).canonical_for(cell_size=cell_size, layer=layer).canonical()
+
+
+# --- the dry run -------------------------------------------------------------------------------
+
+def dry_run(
+    *,
+    study: Study | str | Path = "digits",
+    data_dir: Path = Path("data/grids"),
+    cache_root: Path = Path("cache"),
+    force: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """What :func:`run_study` would do, as data, computing and writing nothing: the grid files
+    (up to date or to build), per model and setting the keys to compute and those up to date with
+    a cost estimate in multiply-accumulates, and with a launcher the job arrays it would submit."""
+    from attrcli.stages.studyplan import plan_study
+
+    planned = _planned(study, {**overrides, "force": force}, Path(data_dir), Path(cache_root), force)
+    return plan_study(planned, cache_root=Path(cache_root), force=force)
+
+
+def dry_run_text(plan: dict[str, Any]) -> str:
+    """The dry run as the terminal shows it."""
+    lines = [f"study {plan['study']} ({plan['source']}, sha256 {plan['sha256'][:12]})", "grids:"]
+    lines += [f"  {g['variant']}: {g['path']} — {g['status']}" for g in plan["grids"]]
+    for job in plan["jobs"]:
+        lines.append(f"{job['model']} · {job['setting']}: {len(job['to_compute'])} to compute, "
+                     f"{len(job['up_to_date'])} up to date, ≈{job['macs'] / 1e9:.3g} GMAC")
+        lines += [f"  + {label}" for label in job["to_compute"]]
+    if plan["launcher"]["kind"] != "inline":
+        lines.append(f"{plan['launcher']['kind']}: {len(plan['launcher']['arrays'])} job arrays, "
+                     f"{sum(a['tasks'] for a in plan['launcher']['arrays'])} tasks")
+    total = plan["total"]
+    lines.append(f"total: {total['to_compute']} keys to compute, {total['up_to_date']} up to date, "
+                 f"≈{total['macs'] / 1e12:.3g} TMAC")
+    return "\n".join(lines)
+
+
+def dry_run_json(plan: dict[str, Any]) -> str:
+    return json.dumps(plan, indent=2, default=str)
+

@@ -206,5 +206,4 @@ def test_run_passes_the_precision_to_the_study(monkeypatch):
     monkeypatch.setattr(run, "run_study", fake)
     runner.invoke(app, ["run", "--precision", "bf16", "--quiet"])
     assert seen["precision"] == "bf16"
-    assert run._is_paper_key(type("K", (), {"setting": "gridpg", "model": "m", "method": "gradcam@bf16"})(),
-                             "m", ("gradcam",))
+    assert run._base_key(type("K", (), {"setting": "gridpg", "model": "m", "method": "gradcam@bf16"})(), ["gradcam"])

@@ -183,18 +183,16 @@ def test_run_study_with_slurm_launcher(tmp_path, monkeypatch, trained_digits_cac
     from typer.testing import CliRunner
 
     from attrcli.cli.main import app
-    from attrcli.stages.run import PRESETS, StudyPreset
-
-    if "slurm-digits" not in PRESETS.names():
-        PRESETS.register("slurm-digits")(StudyPreset(
-            name="slurm-digits", dataset="digits", models=("digits-vgg11",), cell_size=32,
-            settings=("gridpg", "difull"), layers=("input", "final"), methods=("grad", "gradcam"),
-            smoothing_settings=(), smoothgrad=(), smoothgrad_settings=(), count_distinct=4,
-            count_corners=4, batch_size=16,
-        ))
+    study = (
+        'name = "slurm-digits"\nmodels = ["digits-vgg11"]\nsettings = ["gridpg", "difull"]\n'
+        'layers = ["input", "final"]\nmethods = ["grad", "gradcam"]\n'
+        '[grids]\ncell_size = 32\ncount_distinct = 4\ncount_corners = 4\n'
+        '[smoothing]\nsettings = []\n[compute]\nbatch_size = 16\n'
+    )
+    (tmp_path / "slurm.toml").write_text(study)
     monkeypatch.chdir(tmp_path)
     shutil.copytree(trained_digits_cache / "models", tmp_path / "cache" / "models")
-    result = CliRunner().invoke(app, ["run", "--preset", "slurm-digits", "--launcher", "slurm", "--device", "cpu",
+    result = CliRunner().invoke(app, ["run", "slurm.toml", "--launcher", "slurm", "--device", "cpu",
                                       "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

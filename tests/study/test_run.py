@@ -10,16 +10,26 @@ import pytest
 from typer.testing import CliRunner
 
 from attrcli.cli.main import app
-from attrcli.stages.run import PRESETS, StudyPreset, scaled_kernels
+from attrcli.stages.run import scaled_kernels
 
-TINY = StudyPreset(
-    name="tiny-digits", dataset="digits", models=("digits-vgg11", "digits-resnet18"), cell_size=32,
-    layers=("input", "final"), methods=("grad", "ixg", "intgrad", "gradcam"),
-    count_distinct=4, count_corners=4, batch_size=16, smoothgrad=("smoothgrad-ixg",),
-    smoothgrad_settings=("gridpg",),
-)
-if "tiny-digits" not in PRESETS.names():
-    PRESETS.register("tiny-digits")(TINY)
+TINY = """
+name = "tiny-digits"
+models = ["digits-vgg11", "digits-resnet18"]
+layers = ["input", "final"]
+methods = ["grad", "ixg", "intgrad", "gradcam"]
+
+[grids]
+cell_size = 32
+count_distinct = 4
+count_corners = 4
+
+[smoothing]
+smoothgrad = ["smoothgrad-ixg"]
+smoothgrad_settings = ["gridpg"]
+
+[compute]
+batch_size = 16
+"""
 
 
 def test_kernels_scale_from_448_pixel_grids():
@@ -32,10 +42,12 @@ def test_unknown_preset_and_bad_weights_exit_2(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     result = runner.invoke(app, ["run", "--preset", "nope"])
-    assert result.exit_code == 2 and "unknown study preset 'nope'" in result.output
+    assert result.exit_code == 2 and "unknown study preset 'nope'; valid: digits, paper-imagenet" in result.output
     result = runner.invoke(app, ["run", "--weights", "vgg11"])
     assert result.exit_code == 2 and "MODEL=FILE" in result.output
     assert list(tmp_path.iterdir()) == []
+    result = runner.invoke(app, ["run", "--preset", "digits", "study.toml"])
+    assert result.exit_code == 2 and "a study file or --preset, not both" in result.output
 
 
 @pytest.mark.slow
@@ -43,7 +55,8 @@ def test_run_writes_report_then_only_redraws(tmp_path, monkeypatch, trained_digi
     monkeypatch.chdir(tmp_path)
     shutil.copytree(trained_digits_cache / "models", tmp_path / "cache" / "models")
     runner = CliRunner()
-    args = ["run", "--preset", "tiny-digits", "--device", "cpu", "--json", "--quiet"]
+    (tmp_path / "tiny.toml").write_text(TINY)
+    args = ["run", "tiny.toml", "--device", "cpu", "--json", "--quiet"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     import json
