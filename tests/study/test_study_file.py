@@ -299,3 +299,15 @@ def test_parallel_attribution_processes_write_the_same_artifacts(mini, monkeypat
         twin = mini / "cache" / path.relative_to(mini / "serial")
         with h5py.File(path) as a, h5py.File(twin) as b:
             assert np.array_equal(a["maps"][()], b["maps"][()]), path
+
+
+def test_run_the_preset_and_the_shipped_file_are_one_study(tmp_path):
+    from importlib import resources
+
+    from attrcli.stages.run import open_study
+
+    shipped = resources.files("attrcli.stages") / "presets" / "digits.toml"
+    copy = tmp_path / "digits.toml"
+    copy.write_text(shipped.read_text())
+    assert open_study("digits") == open_study(copy) == open_study(str(copy))
+    assert open_study("digits").text == shipped.read_text()
