@@ -156,3 +156,31 @@ def test_spearman_of_maps_is_scipys_and_ssim_is_exact_on_constants():
     c1 = 0.01**2
     value = ssim(np.full((16, 16), 0.2), np.full((16, 16), 0.6))
     assert value == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1), rel=1e-12)
+
+
+@pytest.mark.slow
+def test_trained_digits_vgg_fails_no_gradient_method_and_baselines_stay_at_chance(tmp_path, trained_digits_cache):
+    """The issue's bars on the trained digits VGG: cascading randomisation drives the input maps of
+    grad, ixg and Grad-CAM below Spearman 0.5; random and centre stay at 1 and score 1/n²."""
+    import shutil
+
+    from attrcli.metrics.summary import summarize
+    from attrcli.stages.make_grids import make_grids
+    from attrcli.stages.score import score
+
+    cache = tmp_path / "cache"
+    shutil.copytree(trained_digits_cache, cache)
+    (grids,) = make_grids(dataset="digits", variant="distinct", n=2, count=16, models=["digits-vgg11"],
+                          out_dir=tmp_path, cache_dir=cache, device="cpu")
+    results = sanity(grids=grids, model="digits-vgg11", layers="input", methods="grad,ixg,gradcam,random,centre",
+                     cache_root=cache, bootstrap=BOOT, device="cpu")
+    by_method = {r.key.split("/")[-1]: r for r in results}
+    for method in ("grad", "ixg", "gradcam"):
+        assert by_method[method].means["spearman"][-1] < 0.5, method
+    for method in ("random", "centre"):
+        assert by_method[method].means["spearman"] == [1.0] * len(by_method[method].steps)
+    trained = [cache / "attributions" / grids.stem / "gridpg" / "digits-vgg11" / "input" / f"{m}.h5"
+               for m in ("random", "centre")]
+    for row in summarize([r.path for r in score(attribution_paths=trained, bootstrap=BOOT)]):
+        low, high = row.mean_ci
+        assert low - 1e-9 <= 0.25 <= high + 1e-9, row.method
