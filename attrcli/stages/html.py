@@ -1,8 +1,9 @@
 """``reports/<study>/index.html``: one self-contained page of a study (or of any selection).
 
 The page holds the description and provenance, the summary table (sortable by any column, with
-the bootstrap intervals), the figures of the run (PNG and SVG embedded as data URIs; PDF figures
-linked by relative path, since browsers do not show them inline), each correlation artifact as a
+the bootstrap intervals), the figures of the run (PNG and SVG up to :data:`EMBED_LIMIT` bytes
+embedded as data URIs; PDF figures, which browsers do not show inline, and larger files linked by
+relative path), each correlation artifact as a
 heat-map table, each comparison artifact as a table of paired differences, and per key its AggAtt
 row (supplement H.4) and the median example of every bin, drawn here as small PNGs from the AggAtt
 and attribution artifacts. The only script is a short inline sorter: no network access at view
@@ -22,14 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from attrcli.errors import UserError
 from attrcli.metrics.summary import ScoreSummary
 from attrcli.names import LAYERS, PAPER_METHODS, PAPER_SETTINGS
-from attrcli.plots.thumbnails import aggatt_strip, examples_strip
+from attrcli.plots.thumbnails import Examples, aggatt_strip, examples_strips
 from attrcli.store import ArtifactKey, read_artifact
 from attrcli.store.files import write_bytes
 
 BINS = ("0–2 %", "2–5 %", "5–50 %", "50–95 %", "95–98 %", "98–100 %")
+EMBED_LIMIT = 1_000_000  # bytes: larger figures are linked (the AggAtt and examples figures of a
+# whole study run to megabytes; the per-key sections show the same content in small tiles)
 _MEDIA = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 STYLE = """
@@ -116,7 +118,6 @@ def _th(name: str, text: bool) -> str:
 def _pointing_share(path: str) -> float:
     import h5py
 
-    read_artifact(path, names=[])  # the schema check
     with h5py.File(path, "r") as handle:
         if "pointing" not in handle:
             return float("nan")
@@ -220,44 +221,54 @@ def _png_img(alt: str, data: bytes, scale: int = 2) -> str:
             f'src="{_data_uri("image/png", data)}">')
 
 
-def key_html(path: Path) -> str:
-    """A key's section: its AggAtt row and the median example of each bin."""
+def key_html(path: Path, examples: Examples | str) -> str:
+    """A key's section: its AggAtt row and the median example of each bin (``examples`` from
+    :func:`~attrcli.plots.thumbnails.examples_strips`)."""
     key = ArtifactKey.from_path(path)
     strip, counts = aggatt_strip(path)
-    out = [f'<div class="key" id="{anchor(key)}"><h3>{html.escape(key.label())} '
+    label = key.label()
+    out = [f'<div class="key" id="{anchor(key)}"><h3>{html.escape(label)} '
            f"<small>({html.escape(key.grids)})</small></h3>",
            f"<small>AggAtt bins {' · '.join(BINS)}; attributions per bin: {' '.join(map(str, counts))}</small>",
-           _png_img(f"AggAtt of {key.label()}", strip)]
-    try:
-        examples, scores = examples_strip(path)
-    except UserError as exc:
-        out.append(f"<small>median examples unavailable: {html.escape(str(exc))}</small>")
+           _png_img(f"AggAtt of {label}", strip)]
+    if isinstance(examples, str):
+        out.append(f"<small>median examples unavailable: {html.escape(examples)}</small>")
     else:
-        shown = " ".join("–" if not math.isfinite(s) else f"{s:.2f}" for s in scores)
-        out += [f"<small>median example per bin (image | map); scores {shown}</small>",
-                _png_img(f"median examples of {key.label()}", examples)]
+        shown = " ".join("–" if not math.isfinite(s) else f"{s:.2f}" for s in examples.scores)
+        out += [f"<small>median example per bin: map and grid image (target cell outlined); scores {shown}</small>",
+                _png_img(f"median example maps of {label}", examples.maps),
+                _png_img(f"median example images of {label}", examples.images)]
     out.append("</div>")
     return "\n".join(out)
 
 
-def figure_html(path: Path, report_dir: Path) -> str:
-    """A figure embedded (PNG, SVG, JPEG) or, for other formats (PDF), linked relative to the page."""
+def _link(path: Path, report_dir: Path, note: str) -> str:
+    try:
+        href = path.resolve().relative_to(Path(report_dir).resolve()).as_posix()
+    except ValueError:
+        href = path.resolve().as_uri()
+    return f'<p><a href="{html.escape(href)}">{html.escape(path.name)}</a> <small>({note})</small></p>'
+
+
+def figure_html(path: Path, report_dir: Path, embed_limit: int = EMBED_LIMIT) -> str:
+    """A figure embedded (PNG, SVG, JPEG up to ``embed_limit`` bytes) or linked relative to the
+    page (PDF, which browsers do not show inline, and larger files)."""
     path = Path(path)
     media = _MEDIA.get(path.suffix.lower())
-    name = html.escape(path.name)
     if media is None:
-        try:
-            href = path.resolve().relative_to(Path(report_dir).resolve()).as_posix()
-        except ValueError:
-            href = path.resolve().as_uri()
-        return f'<p><a href="{html.escape(href)}">{name}</a> <small>(not embedded: open the file)</small></p>'
+        return _link(path, report_dir, "not embedded: open the file")
+    size = path.stat().st_size
+    if size > embed_limit:
+        return _link(path, report_dir, f"{size / 1e6:.1f} MB, over the page's embedding limit: "
+                     "the file beside this page")
+    name = html.escape(path.name)
     uri = _data_uri(media, path.read_bytes())
     return f'<figure><img alt="{name}" src="{uri}"><figcaption><small>{name}</small></figcaption></figure>'
 
 
 def render_html(*, report_dir: Path, title: str, provenance: dict, summary_rows: list[ScoreSummary],
                 figures: list[Path], correlations: list[Path], comparisons: list[Path],
-                aggatts: list[Path], description: str = "") -> str:
+                aggatts: list[Path], description: str = "", embed_limit: int = EMBED_LIMIT) -> str:
     """The page's text (see :func:`write_html`)."""
     keyed = sorted((Path(p) for p in dict.fromkeys(aggatts)), key=lambda p: _key_order(ArtifactKey.from_path(p)))
     linked = {anchor(ArtifactKey.from_path(p)) for p in keyed}
@@ -277,7 +288,7 @@ def render_html(*, report_dir: Path, title: str, provenance: dict, summary_rows:
               summary_html(summary_rows, linked)]
     if figures:
         parts.append("<h2>Figures</h2>")
-        parts += [figure_html(f, report_dir) for f in figures]
+        parts += [figure_html(f, report_dir, embed_limit) for f in figures]
     if correlations:
         parts.append("<h2>Correlations</h2>")
         parts += [correlation_html(Path(c)) for c in correlations]
@@ -286,20 +297,22 @@ def render_html(*, report_dir: Path, title: str, provenance: dict, summary_rows:
         parts += [comparison_html(Path(c)) for c in comparisons]
     if keyed:
         parts.append("<h2>AggAtt and median examples per key</h2>")
-        parts += [key_html(p) for p in keyed]
+        examples = examples_strips(keyed)
+        parts += [key_html(p, examples[p]) for p in keyed]
     parts += [f"<script>{SCRIPT}</script>", "</body></html>", ""]
     return "\n".join(parts)
 
 
 def write_html(*, report_dir: Path, title: str, provenance: dict, summary_rows: list[ScoreSummary],
                figures: list[Path], correlations: list[Path], comparisons: list[Path],
-               aggatts: list[Path], description: str = "") -> Path:
+               aggatts: list[Path], description: str = "", embed_limit: int = EMBED_LIMIT) -> Path:
     """Write ``report_dir/index.html`` (module docstring) when its bytes differ from the file
     there; return its path. ``summary_rows`` are :func:`attrcli.metrics.summary.summarize`'s,
-    ``provenance`` name → text or JSON-able value, shown in its order."""
+    ``provenance`` name → text or JSON-able value, shown in its order; ``aggatts`` the AggAtt
+    artifacts shown per key; figures over ``embed_limit`` bytes are linked, not embedded."""
     page = render_html(report_dir=report_dir, title=title, provenance=provenance, summary_rows=summary_rows,
                        figures=figures, correlations=correlations, comparisons=comparisons,
-                       aggatts=aggatts, description=description).encode()
+                       aggatts=aggatts, description=description, embed_limit=embed_limit).encode()
     out = Path(report_dir) / "index.html"
     try:
         if out.read_bytes() == page:
@@ -325,16 +338,6 @@ def provenance_of(score_paths: list[Path]) -> dict:
             models[key.model] = read_provenance(source).get("inputs", {}).get("model", "?")
     return {"grid files (sha256)": dict(sorted(grids.items())), "model weights (sha256)": dict(sorted(models.items())),
             "versions": library_versions()}
-
-
-def study_provenance(*, study, grid_files: dict[str, Path], score_paths: list[Path]) -> dict:
-    """The provenance block of a study's page: the preset, its grid files, and
-    :func:`provenance_of` its scores."""
-    from dataclasses import asdict
-
-    preset = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(study).items()}
-    return {"study": preset, "grid files": {k: str(v) for k, v in sorted(grid_files.items())},
-            **provenance_of(score_paths)}
 
 
 def selection_report(*, score_paths: list[Path], report_dir: Path, title: str, correlations: list[Path],

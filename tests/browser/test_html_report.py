@@ -55,7 +55,7 @@ def test_the_page_is_self_contained(report):
     assert "<script src" not in text and "@import" not in text
     images = re.findall(r'<img [^>]*src="([^"]+)"', text)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
-    assert len(images) == 1 + 2 * len(study.aggatts)  # the box plot, per key AggAtt and examples
+    assert len(images) == 1 + 3 * len(study.aggatts)  # the box plot; per key AggAtt, example maps, images
     assert 'href="boxes.pdf"' in text
     table = text[text.index('<table class="sortable" id="summary">'):]
     assert table[:table.index("</table>")].count("<tr data-order=") == len(study.scores) == 7
@@ -94,7 +94,7 @@ def test_a_real_browser_renders_it_loads_every_image_and_sorts(report):
     with Page(page.resolve().as_uri()) as browser:
         images = browser.evaluate("Array.prototype.map.call(document.images, function (i) {"
                                   " return [i.alt, i.complete, i.naturalWidth, i.naturalHeight]; })")
-        assert len(images) == 1 + 2 * len(study.aggatts)
+        assert len(images) == 1 + 3 * len(study.aggatts)
         assert [alt for alt, done, width, height in images if not (done and width > 0 and height > 0)] == []
         assert browser.evaluate('document.querySelectorAll("#summary tbody tr").length') == 7
         shown = [float(v) for v in browser.evaluate(COLUMN + '("median [CI]")')]
@@ -116,3 +116,24 @@ def test_a_real_browser_renders_it_loads_every_image_and_sorts(report):
     assert shot.startswith(b"\x89PNG") and len(shot) > 10_000
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     SCREENSHOT.write_bytes(shot)
+
+
+def test_the_report_command_over_a_selection(report, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from attrcli.cli.main import app
+
+    study, _, _ = report
+    monkeypatch.chdir(study.cache.parent)
+    out = tmp_path / "page"
+    result = CliRunner().invoke(app, ["report", "--grids", "tiny", "--layer", "input", "--out", str(out), "-q",
+                                      "--correlation", str(study.correlation)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out / "index.html")
+    text = (out / "index.html").read_text()
+    assert text.count('class="key"') == 4 and "<h2>Correlations</h2>" in text and "final/grad" not in text.split(
+        "<h2>Correlations</h2>")[0]
+    bad = CliRunner().invoke(app, ["report", "--grids", "tiny", "--out", str(tmp_path / "bad"),
+                                   "--correlation", "missing.h5"])
+    assert bad.exit_code == 2 and "--correlation missing.h5: no such file" in bad.output
+    assert not (tmp_path / "bad").exists()
