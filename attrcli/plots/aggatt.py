@@ -187,8 +187,8 @@ def build_aggatt(*, aggatt_paths: list[Path]) -> Figure:
                 ax.text(x + size / 2, y + size / 2, "empty", ha="center", va="center",
                         color="white", fontsize=8)
         ax.text(-0.1 * per_inch, y + size / 2, labels[r], ha="right", va="center", fontsize=8)
-    ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="black", linewidth=0.8))
-    ax.add_collection(PatchCollection(outlines, facecolor="none", edgecolor=OUTLINE, linewidth=1.4))
+    ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="black", linewidth=0.8, clip_on=False))
+    ax.add_collection(PatchCollection(outlines, facecolor="none", edgecolor=OUTLINE, linewidth=1.4, clip_on=False))
     for b, label in enumerate(BIN_LABELS):
         ax.text(b * (size + gap) + size / 2, -0.06 * per_inch, label, ha="center", va="bottom",
                 fontsize=9)

@@ -44,6 +44,9 @@ DPI = 150
 #: (:mod:`attrcli.stages.figures`) is redrawn when it changes. Raise it with any change to what
 #: a figure shows or how it looks.
 DRAWING_VERSION = 2
+#: zlib level of PNG files: 4 writes the large AggAtt figures in about 60 % of the time of the
+#: default 6, for files about 5 % larger.
+PNG_LEVEL = 4
 #: What the writers would stamp into a file beyond its drawing (software version, date): left
 #: out, so that the same figure drawn twice is the same bytes.
 _NO_STAMPS = {
@@ -79,7 +82,8 @@ def save_figure(fig: Figure, out: Path | str, fmt: str = "png", dpi: int = DPI) 
         raise UserError(f"--out {out} does not match --format {fmt}; use a .{fmt} file name")
     with atomic_output(out, what="--out") as tmp:  # refuses a folder or device, writes through a link
         with rc_context({"svg.hashsalt": "attrcli"}):  # SVG ids from a fixed salt, not a random one
-            fig.savefig(tmp, format=fmt, dpi=dpi, facecolor="white", metadata=_NO_STAMPS[fmt])
+            extra = {"pil_kwargs": {"compress_level": PNG_LEVEL}} if fmt == "png" else {}
+            fig.savefig(tmp, format=fmt, dpi=dpi, facecolor="white", metadata=_NO_STAMPS[fmt], **extra)
     return out
 
 

@@ -214,8 +214,8 @@ def build_examples(*, aggatt_paths: list[Path], grid_file: Path | None = None) -
             ax.text(x + 1.5 * size + gap, y - 0.03 * per_inch, f"score {item.scores[b]:.2f}",
                     ha="center", va="bottom", fontsize=7)
         ax.text(-0.1 * per_inch, y + size / 2, labels[r], ha="right", va="center", fontsize=8)
-    ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="black", linewidth=0.8))
-    ax.add_collection(PatchCollection(outlines, facecolor="none", edgecolor=OUTLINE, linewidth=1.4))
+    ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="black", linewidth=0.8, clip_on=False))
+    ax.add_collection(PatchCollection(outlines, facecolor="none", edgecolor=OUTLINE, linewidth=1.4, clip_on=False))
     for b, label in enumerate(BIN_LABELS):
         x = b * (2 * size + gap + bin_gap)
         ax.text(x + size + gap / 2, -0.2 * per_inch, label, ha="center", va="bottom", fontsize=9)

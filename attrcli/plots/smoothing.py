@@ -299,9 +299,11 @@ def build_smoothing(
     groups = sweep_groups(
         load_scores(score_paths), reference=reference, layer=layer, bootstrap=bootstrap
     )
-    fig = new_figure(11.5, 3.4 * len(groups) + 0.4)
-    axes = fig.subplots(len(groups), 2, squeeze=False)
-    for (loc_ax, rho_ax), group in zip(axes, groups):
+    # Without the reference anywhere, the correlation column is left out (not drawn empty).
+    correlated = any(g.reference is not None for g in groups)
+    fig = new_figure(11.5 if correlated else 6.6, 3.4 * len(groups) + 0.4)
+    axes = fig.subplots(len(groups), 2 if correlated else 1, squeeze=False)
+    for (loc_ax, *rho), group in zip(axes, groups):
         ks = sorted({p.k for s in group.sweeps for p in s.points})
         where = f"{group.setting} · {group.model}"
         for sweep in group.sweeps:
@@ -313,8 +315,10 @@ def build_smoothing(
         loc_ax.set_title(f"{where}: localization at {layer}", fontsize=10)
         _x_axis(loc_ax, ks)
         if group.reference is None:
-            empty_panel(rho_ax, f"no {reference} scores for {where}:\ncorrelation not shown")
+            if rho:
+                empty_panel(rho[0], f"no {reference} scores for {where}:\ncorrelation not shown")
             continue
+        (rho_ax,) = rho
         for i, sweep in enumerate(group.sweeps):
             _draw_sweep(rho_ax, sweep, lambda p: p.rho, annotate=i, errors=True)
         drawn = [p for s in group.sweeps for p in [*s.points, s.smoothgrad] if p is not None]

@@ -71,8 +71,8 @@ def _spec(method: str) -> str:
 
 
 def _base_method(method: str) -> bool:
-    spec = _spec(method)
-    return ":" not in spec and not spec.startswith(("s-", "smoothgrad-"))
+    """A method of the study's own list (with any parameters), not a derived smoothing key."""
+    return not _spec(method).startswith(("s-", "smoothgrad-"))
 
 
 def plan_figures(*, study, report_dir: Path, fmt: str, scores: list[Path], aggatts: list[Path],
