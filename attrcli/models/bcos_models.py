@@ -53,7 +53,7 @@ def import_bcos() -> Any:
     try:
         import bcos.models.pretrained as pretrained
     except ImportError as exc:
-        missing = getattr(exc, "name", None) or "bcos"
+        missing = (getattr(exc, "name", None) or "bcos").split(".")[0]
         raise UserError(f"B-cos models need the {missing} package, which is not installed: {INSTALL}") from None
     return pretrained
 
