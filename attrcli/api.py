@@ -109,8 +109,9 @@ def compare(*, scores: PathsLike, name: str | None = None, cache_root: Path | st
 
 
 def run(**options: Any) -> StudyResult:
-    """The whole study of a preset (``attrcli run``): :func:`attrcli.stages.run.run_study` with
-    the same keywords (``preset``, ``device``, ``cache_root``, ``reports_dir``...)."""
+    """A whole study (``attrcli run``): :func:`attrcli.stages.run.run_study` with the same
+    keywords (``study``: a preset name or a STUDY.toml path; ``cache_root``, ``reports_dir``,
+    ``force``, and the overrides ``device``, ``precision``, ``count``...)."""
     from attrcli.stages.run import run_study
 
     return run_study(**options)

@@ -1,6 +1,7 @@
 """The per-key summary as booktabs LaTeX tables, the way papers show it (``attrcli export
 --format latex``): one table per model, methods as rows, settings × layers as columns, each cell
-the median localization score with its bootstrap interval, the best median of a column in bold.
+the median localization score with its bootstrap interval, the best median of a column (as
+printed, three decimals; ties all) in bold.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def latex_summary(rows: list[ScoreSummary]) -> str:
         for group, layer in columns:
             here = [r for (g, lay, _), r in by.items() if g == group and lay == layer and math.isfinite(r.median)]
             if here:
-                best[(group, layer)] = max(r.median for r in here)
+                best[(group, layer)] = max(round(r.median, 3) for r in here)  # as printed: ties all bold
         confidence = next((r.confidence for r in mine if r.confidence), None)
         level = f"{100 * confidence:g}\\,\\% interval" if confidence else "interval"
         grids = ", ".join(sorted({escape(r.grids) for r in mine}))
@@ -90,7 +91,7 @@ def latex_summary(rows: list[ScoreSummary]) -> str:
             cells = [escape(method)]
             for group, layer in columns:
                 row = by.get((group, layer, method))
-                cells.append("--" if row is None else cell_text(row, row.median == best.get((group, layer))))
+                cells.append("--" if row is None else cell_text(row, round(row.median, 3) == best.get((group, layer))))
             out.append(" & ".join(cells) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     return "\n".join(out)
