@@ -5,7 +5,8 @@ model's maps (a measure of :data:`attrcli.stages.sanity.MEASURES`, Spearman by d
 against the randomisation depth on the x axis (``trained``, then the head, then the stages top
 down), one line per method with its bootstrap interval shaded. A method that passes the check
 falls towards 0 as more of the model is randomised; a line that stays at 1 does not depend on
-the model. Drawn from sanity artifacts (``attrcli sanity``).
+the model (the ``random`` and ``centre`` baselines, drawn dashed). Drawn from sanity artifacts
+(``attrcli sanity``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from attrcli.errors import UserError
 from attrcli.plots.common import method_colours, new_figure, order_layers, order_methods, order_settings, save_figure
 from attrcli.store import read_artifact
 
+#: Baselines that ignore the model, drawn dashed: the reference a failing method looks like.
+MODEL_FREE = ("random", "centre")
 LABELS = {
     "spearman": "Spearman rank correlation",
     "spearman_abs": "Spearman rank correlation (absolute maps)",
@@ -57,7 +60,9 @@ def plot_sanity(*, sanity_paths: list[Path], out: Path, measure: str = "spearman
         for method in order_methods(curves[panel]):
             steps, means, bounds = curves[panel][method]
             x = np.arange(len(steps))
-            ax.plot(x, means, marker="o", ms=3, color=colours[method], label=method)
+            model_free = method.partition(":")[0].partition("@")[0] in MODEL_FREE
+            ax.plot(x, means, marker="o", ms=3, color=colours[method], label=method,
+                    linestyle="--" if model_free else "-")
             ax.fill_between(x, bounds[:, 0], bounds[:, 1], color=colours[method], alpha=0.2, lw=0)
         ax.set_xticks(np.arange(len(steps)), steps, rotation=45, ha="right", fontsize=7)
         ax.set_title(f"{model} · {setting} · {layer}", fontsize=9)

@@ -184,3 +184,27 @@ def test_trained_digits_vgg_fails_no_gradient_method_and_baselines_stay_at_chanc
     for row in summarize([r.path for r in score(attribution_paths=trained, bootstrap=BOOT)]):
         low, high = row.mean_ci
         assert low - 1e-9 <= 0.25 <= high + 1e-9, row.method
+
+
+def test_figure_draws_one_curve_per_method_and_layer_with_the_stored_means(tmp_path, monkeypatch):
+    import attrcli.plots.sanity as plots
+
+    results = run(tmp_path, "grad,random", layers="input,final")
+    drawn = {}
+
+    def keep(fig, out, fmt):
+        drawn["fig"] = fig
+        return out
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    plots.plot_sanity(sanity_paths=[r.path for r in results], out=tmp_path / "f.png")
+    axes = [ax for ax in drawn["fig"].axes if ax.get_visible() and ax.lines]
+    assert [ax.get_title() for ax in axes] == ["tiny-conv · gridpg · input", "tiny-conv · gridpg · final"]
+    for ax, layer in zip(axes, ("input", "final")):
+        curves = {line.get_label(): line for line in ax.lines if not line.get_label().startswith("_")}
+        assert set(curves) == {"grad", "random"}
+        expected = next(r for r in results if r.key.endswith(f"{layer}/grad")).means["spearman"]
+        np.testing.assert_allclose(curves["grad"].get_ydata(), expected)
+        assert curves["random"].get_linestyle() == "--"
+    with pytest.raises(UserError, match="measure"):
+        plots.plot_sanity(sanity_paths=[r.path for r in results], out=tmp_path / "f.png", measure="pearson")
