@@ -80,7 +80,9 @@ def plan_figures(*, study, report_dir: Path, fmt: str, scores: list[Path], aggat
     """The figures the given artifacts make: box plots of the base methods, AggAtt per model and
     setting, median examples (GridPG) at the study's shallowest and deepest layer, one
     correlation map per artifact, and the smoothing sweep where smoothed keys were given. A
-    figure with nothing to show is left out."""
+    figure with nothing to show is left out, and so is a kind of figure missing from
+    ``study.figures`` where the study names them (``boxes``, ``aggatt``, ``examples``,
+    ``correlation``, ``smoothing``)."""
     from attrcli.plots.common import order_layers
 
     def plan(name: str, figure: str, paths: list[Path], reads: list[Path] = (), **options) -> FigurePlan:
@@ -113,7 +115,8 @@ def plan_figures(*, study, report_dir: Path, fmt: str, scores: list[Path], aggat
         or f"{k.layer}/{_spec(k.method)}" == reference)]
     if any(_spec(k.method).split(":")[0] in _SMOOTHED for k, _ in sweep):
         out.append(plan("smoothing", "smoothing", [p for _, p in sweep], reference=reference, layer="input"))
-    return out
+    wanted = tuple(getattr(study, "figures", ()) or ())  # a study file's choice; none: all
+    return [p for p in out if p.figure in wanted] if wanted else out
 
 
 def _identity(path: str) -> list[int] | None:

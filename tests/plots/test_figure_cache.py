@@ -174,3 +174,24 @@ def test_missing_parts_are_left_out(tmp_path):
     assert [p.name for p in plans] == ["boxes.png", "smoothing.png"]
     assert plans[1].options == {"reference": "input/gradcam", "layer": "input"}
     assert str(smoothed[-1]) in plans[1].paths and str(smoothed[-1]) not in plans[0].paths
+    study.figures = ("smoothing",)  # a study file that asks for the sweep alone
+    assert [p.name for p in plan_figures(study=study, report_dir=tmp_path, fmt="png", scores=smoothed,
+                                         aggatts=aggatts, correlations=[])] == ["smoothing.png"]
+
+
+def test_a_3x3_study_draws_its_chance_line_at_one_ninth(workdir, helpers):
+    from attrcli.plots import build_boxes, build_smoothing
+
+    rng = np.random.default_rng(3)
+    paths = [helpers.write_scores(helpers.CACHE, rng.random((12, 9)), n=3, method=m, layer=layer)
+             for m in ("grad", "gradcam") for layer in ("input", "final")]
+    fig = build_boxes(score_paths=paths)
+    (ax,) = fig.axes
+    guides = sorted(line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == ":")
+    assert guides == pytest.approx([1 / 9, 1.0])
+    assert "uniform attribution (1/n² = 0.111)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    sweep = helpers.write_scores(helpers.CACHE, rng.random((12, 9)), n=3, method="s-ixg:k=3")
+    base = helpers.write_scores(helpers.CACHE, rng.random((12, 9)), n=3, method="ixg")
+    (loc,) = build_smoothing(score_paths=[sweep, base]).axes  # no reference: one panel
+    assert sorted(line.get_ydata()[0] for line in loc.get_lines()
+                  if line.get_linestyle() == ":" and len(set(line.get_ydata())) == 1) == pytest.approx([1 / 9, 1.0])
