@@ -86,7 +86,7 @@ class LIME(Method):
     name = "lime"
     kind = "model"
     seeded = True
-    testing = MethodTesting(tiny="samples=16,patches=2", difull_exact=True)
+    testing = MethodTesting(tiny="samples=32,patches=4", difull_exact=True)
     Config = LIMEConfig
 
     @classmethod
