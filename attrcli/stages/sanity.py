@@ -197,6 +197,7 @@ def run_sanity(
     adapter = model if isinstance(model, ModelAdapter) else create_model(
         model, weights=request.weights, device="cpu", cache_dir=request.cache_root, progress=progress
     )
+    home = next(adapter.module.parameters(), torch.empty(0)).device  # where a given adapter goes back to
     adapter.to("cpu")
     if not adapter.weights_hash:
         from attrcli.models import state_dict_hash
@@ -222,6 +223,7 @@ def run_sanity(
         adapter.to("cpu")
         adapter.module.load_state_dict(trained_state)
         adapter.weights_hash = trained_hash
+        adapter.to(home)
     by_key = {step: {r.key: r for r in found} for step, found in per_step.items()}
     results = []
     for job in planned.jobs:
