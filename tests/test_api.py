@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import attrcli
 from attrcli.cli.main import app
 from attrcli.errors import UserError
-from tests.stages.tiny_study import make_tiny_study
+from tests.stages.tiny_study import shared_tiny_study
 
 HEAVY = ("torch", "torchvision", "scipy", "matplotlib", "pandas", "pyarrow", "h5py", "captum", "typer")
 
@@ -49,8 +49,8 @@ def test_every_exported_name_is_a_documented_keyword_only_function():
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    return make_tiny_study(tmp_path_factory.mktemp("api"))
+def study():
+    return shared_tiny_study()
 
 
 def test_a_notebook_gets_the_cli_table_as_a_dataframe(study, monkeypatch):

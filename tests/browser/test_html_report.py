@@ -12,7 +12,7 @@ import pytest
 from attrcli.metrics.summary import summarize
 from attrcli.stages.html import selection_report, write_html
 from tests.browser.cdp import Page, find_browser
-from tests.stages.tiny_study import make_tiny_study
+from tests.stages.tiny_study import shared_tiny_study
 
 SCREENSHOT = Path(__file__).parents[2] / "docs" / "figures" / "report.png"
 
@@ -22,9 +22,8 @@ def report(tmp_path_factory):
     """The tiny study's page, with a PNG figure (embedded) and a PDF figure (linked)."""
     from attrcli.plots.boxes import plot_boxes
 
-    root = tmp_path_factory.mktemp("report")
-    study = make_tiny_study(root)
-    folder = root / "reports" / "tiny"
+    study = shared_tiny_study()
+    folder = tmp_path_factory.mktemp("report") / "reports" / "tiny"
     png = plot_boxes(score_paths=study.scores, out=folder / "boxes.png", fmt="png")
     pdf = folder / "boxes.pdf"
     pdf.write_bytes(b"%PDF-1.4\n%%EOF\n")  # linked, never read

@@ -3,6 +3,10 @@ scored, AggAtt'd, correlated and compared through the public API (a few seconds 
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,3 +45,12 @@ def make_tiny_study(root: Path, *, resamples: int = 200) -> TinyStudy:
     comparison = attrcli.compare(scores=inputs, cache_root=cache, resamples=resamples)
     return TinyStudy(grid, cache, [r.path for r in attributed], [r.path for r in scored],
                      [r.path for r in aggatts], correlation.path, comparison.path)
+
+
+@functools.cache
+def shared_tiny_study() -> TinyStudy:
+    """One tiny study per test session (in a temporary folder removed at exit), for the tests
+    that only read it."""
+    root = Path(tempfile.mkdtemp(prefix="attrcli-tiny-study-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return make_tiny_study(root)
