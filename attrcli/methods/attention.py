@@ -84,14 +84,20 @@ def recorded_attention(module: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Within the block every encoder self-attention of ``module`` appends its attention matrix
     ``(B, heads, tokens, tokens)`` to the yielded list, block by block; restored on exit."""
     store: list[torch.Tensor] = []
-    patched = [m.self_attention for m in module.modules() if isinstance(m, EncoderBlock)]
+    missing = object()
+    patched: list[tuple[nn.MultiheadAttention, object]] = []
     try:
-        for attention in patched:
+        for block in (m for m in module.modules() if isinstance(m, EncoderBlock)):
+            attention = block.self_attention
+            patched.append((attention, attention.__dict__.get("forward", missing)))
             attention.forward = _explicit(attention, store)
         yield store
     finally:
-        for attention in patched:
-            attention.__dict__.pop("forward", None)
+        for attention, previous in reversed(patched):
+            if previous is missing:
+                del attention.forward
+            else:
+                attention.forward = previous
 
 
 def rollout(matrices: list[torch.Tensor]) -> torch.Tensor:
