@@ -169,8 +169,29 @@ def batch_macs(adapter: ModelAdapter, n: int, batch_size: int) -> float | None:
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     cell = adapter.cell_size
-    macs = forward_macs(adapter.module, torch.zeros(1, 3, cell, cell, device=device, dtype=dtype))
+    macs = None
+    if device.type != "meta":  # the module's shapes on the meta device: no arithmetic
+        macs = forward_macs(_MetaState(adapter.module), torch.zeros(1, 3, cell, cell, device="meta", dtype=dtype))
+    if macs is None:  # a module that cannot run on meta tensors runs once for real
+        macs = forward_macs(adapter.module, torch.zeros(1, 3, cell, cell, device=device, dtype=dtype))
     return None if macs is None else float(macs) * n * n * batch_size
+
+
+class _MetaState(torch.nn.Module):
+    """``module`` run with meta copies of its parameters and buffers (``torch.func.functional_call``):
+    the same layers and shapes, so :func:`forward_macs`' hooks count the same, for no arithmetic."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = module
+        self.training = module.training  # forward_macs restores the wrapper's mode onto the module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call
+
+        state = {name: torch.empty_like(t, device="meta")
+                 for name, t in [*self.inner.named_parameters(), *self.inner.named_buffers()]}
+        return functional_call(self.inner, state, (x,))
 
 
 def run_setting(

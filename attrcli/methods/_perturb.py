@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from attrcli.methods.base import Method
 
 Build = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]  # (rows, target, item)
+SKIP_KNOWN = True  # skip the passes whose result is known without them (False: evaluate every one)
 
 
 def row_index(ctx: AttributionContext, grid: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
@@ -101,6 +102,7 @@ def perturbed_scores(
     softmax: bool = False,
     touched: torch.Tensor | None = None,
     fill: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scores ``(B, T, items)`` of ``items`` perturbations of every grid image.
 
@@ -110,9 +112,16 @@ def perturbed_scores(
     times slower on the CPU. A forward pass holds at most ``--batch-size`` units (in DiFull
     ``batch_size · n²`` cell rows). Row indices and target classes are made once for the whole
     plan. Pairs left out by ``touched`` get ``fill`` ``(B, T)``, the unperturbed score.
+    ``keep`` (boolean, ``(B, items)`` in connected settings, ``(B, T, items)`` in DiFull) leaves
+    out evaluations whose score the method knows without a pass (:data:`SKIP_KNOWN`); they get
+    ``fill`` too, or 0.
     """
     B, T = ctx.grids, ctx.targets.count
     grid, target, item = plan(ctx, items, touched)
+    if keep is not None and SKIP_KNOWN:
+        chosen = keep[grid, item] if target is None else keep[grid, target, item]
+        grid, item = grid[chosen], item[chosen]
+        target = None if target is None else target[chosen]
     rows = row_index(ctx, grid, target)
     classes = ctx.targets.classes[grid] if target is None else ctx.targets.classes[grid, target]
     if fill is not None:
@@ -131,6 +140,32 @@ def perturbed_scores(
     else:
         out[grid, target, item] = scores
     return out
+
+
+def per_evaluation(ctx: AttributionContext, a: torch.Tensor, stat: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``stat`` ``(R, C, h, w) -> (R, C)`` of the rows a channel method perturbs, shaped as
+    :func:`perturbed_scores`' ``keep``: ``(B, C)`` connected, ``(B, T, C)`` of the target cells'
+    rows in DiFull."""
+    if not ctx.setting.disconnected:
+        return stat(a)
+    rows = a.view(ctx.grids, ctx.units_per_grid, *a.shape[1:])[:, ctx.targets.cells]
+    return stat(rows.reshape(-1, *a.shape[1:])).view(ctx.grids, ctx.targets.count, a.shape[1])
+
+
+def first_duplicates(a: torch.Tensor) -> torch.Tensor:
+    """For rows ``a`` ``(R, C, h, w)``: per row and channel the first channel bitwise equal to it
+    ``(R, C)`` (itself when it is the first)."""
+    R, C = a.shape[:2]
+    first = torch.arange(C, device=a.device).repeat(R, 1)
+    flat = a.detach().reshape(R, C, -1)
+    for r in range(R):
+        _, inverse = torch.unique(flat[r], dim=0, return_inverse=True)
+        if int(inverse.max()) + 1 == C:
+            continue  # every channel is different
+        lowest = torch.full((C,), C, dtype=torch.long, device=a.device)
+        lowest.scatter_reduce_(0, inverse, first[r], reduce="amin")
+        first[r] = lowest[inverse]
+    return first
 
 
 def reference_scores(ctx: AttributionContext, *, softmax: bool = False) -> torch.Tensor:

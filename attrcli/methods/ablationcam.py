@@ -8,6 +8,10 @@ weights then weigh the whole stitched map (as for Grad-CAM).
 
 Deliberate differences from the paper: no final ReLU (maps are stored signed), and where
 ``|y| < 1e-6`` the weights are the plain drops ``y − y_c`` so the map stays finite.
+
+A channel that is zero everywhere in the evaluated row leaves the activations, and so the logit,
+unchanged when ablated: its pass is not run and ``y_c = y`` (weight 0; in DiFull the weight of
+head t comes from its own cell's row). ``attrcli.methods._perturb.SKIP_KNOWN = False`` runs it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from attrcli.methods._perturb import (
     channel_map,
     gather,
+    per_evaluation,
     perturbed_scores,
     reference_scores,
 )
@@ -40,6 +45,7 @@ class AblationCAM(Method):
 
         with torch.no_grad():
             y = reference_scores(ctx)  # (B, T)
-            ablated = perturbed_scores(ctx, a.shape[1], build, layer_index=ctx.layer_index)
+            live = per_evaluation(ctx, a, lambda rows: rows.abs().amax(dim=(-2, -1)) > 0)  # zero ablates to itself
+            ablated = perturbed_scores(ctx, a.shape[1], build, layer_index=ctx.layer_index, fill=y, keep=live)
             scale = torch.where(y.abs() < TINY_LOGIT, torch.ones_like(y), y)
             return channel_map(ctx, (y[:, :, None] - ablated) / scale[:, :, None])

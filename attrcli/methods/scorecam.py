@@ -18,6 +18,10 @@ code). A constant channel has no normalised mask (its min-max span is 0). The re
 implementation divides by that zero span, so the channel's mask, its weight and the whole map
 become NaN; attrcli gives such a channel weight 0 instead, so the map stays finite
 (docs/methods.md).
+
+Passes whose result cannot change the map are not run: a constant channel (weight 0 by the
+above) and a channel bitwise equal to an earlier one of the same row (the same mask: its score
+is that channel's). ``attrcli.methods._perturb.SKIP_KNOWN = False`` runs them all.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attrcli.methods._perturb import channel_map, gather, perturbed_scores
+from attrcli.methods import _perturb
+from attrcli.methods._perturb import (
+    channel_map,
+    first_duplicates,
+    gather,
+    per_evaluation,
+    perturbed_scores,
+)
 from attrcli.methods.base import METHODS, Method
 
 
@@ -51,10 +62,13 @@ class ScoreCAM(Method):
             return gather(images, rows).mul_(normalised_masks(a[rows, channel], size).to(images.dtype))
 
         with torch.no_grad():
-            probs = perturbed_scores(ctx, a.shape[1], build, layer_index=-1, softmax=True)  # (B, T, C)
-            varies = (a.amax(dim=(-2, -1)) > a.amin(dim=(-2, -1))).to(probs.dtype)  # (B·u, C)
-            if ctx.setting.disconnected:
-                varies = varies.view(ctx.grids, ctx.units_per_grid, -1)[:, ctx.targets.cells]
-            else:
-                varies = varies[:, None]
-            return channel_map(ctx, probs * varies)
+            # (B, C), in DiFull (B, T, C): constant channels, and the first channel of each mask
+            varies = per_evaluation(ctx, a, lambda rows: rows.amax(dim=(-2, -1)) > rows.amin(dim=(-2, -1)))
+            first = per_evaluation(ctx, a, first_duplicates)
+            keep = varies & (first == torch.arange(a.shape[1], device=a.device))
+            probs = perturbed_scores(ctx, a.shape[1], build, layer_index=-1, softmax=True, keep=keep)  # (B, T, C)
+            if not ctx.setting.disconnected:
+                varies, first = varies[:, None], first[:, None].expand(-1, probs.shape[1], -1)
+            if _perturb.SKIP_KNOWN:
+                probs = probs.gather(2, first)
+            return channel_map(ctx, probs * varies.to(probs.dtype))
