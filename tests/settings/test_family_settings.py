@@ -200,8 +200,9 @@ def test_methods_that_apply_and_maps_of_those_never_zero_here(name):
             valid = valid_methods(setting, layer)
             computed = [m for m in valid if m not in TEST_ONLY and METHODS.get(m).kind != "derived"]
             if name == "tiny-vit" and layer == "final":
-                assert computed == ["grad", "gradcam", "gradcam++", "ixg", "layercam"]
-                assert all(METHODS.get(m).kind == "gradient" for m in valid if METHODS.get(m).kind != "derived")
+                assert computed == ["eigencam", "grad", "gradcam", "gradcam++", "hirescam", "ixg", "layercam", "xgradcam"]
+                assert all(METHODS.get(m).kind == "gradient" or getattr(METHODS.get(m), "reads_layer_only", False)
+                           for m in valid if METHODS.get(m).kind != "derived")
             else:
                 assert "occlusion" in computed and "intgrad" in computed and "guided-backprop" not in computed
             fast = [fitted_spec(m, setting, layer) for m in NEVER_ZERO if m in valid]
@@ -216,7 +217,8 @@ def test_refused_combinations_name_what_is_valid():
     vit, convnext = tiny("tiny-vit"), tiny("tiny-convnext")
     gridpg = create_setting("gridpg", vit, 2)
     valid = valid_methods(gridpg, "middle")
-    assert [m for m in valid if m not in TEST_ONLY] == ["grad", "gradcam", "gradcam++", "ixg", "layercam", "s-ixg"]
+    assert [m for m in valid if m not in TEST_ONLY] == [
+        "eigencam", "grad", "gradcam", "gradcam++", "hirescam", "ixg", "layercam", "s-ixg", "xgradcam"]
     with pytest.raises(UserError, match=rf"^method occlusion cannot run at layer middle of tiny-vit in gridpg: .*token layer.*; valid there: {re.escape(', '.join(valid))}$"):
         check_method(gridpg, METHODS.get("occlusion"), "middle")
     check_method(gridpg, METHODS.get("occlusion"), "conv_proj")  # the patch embedding is a map
@@ -245,5 +247,6 @@ def test_method_all_plans_only_the_methods_that_apply():
     assert planned == set(valid_methods(setting, "input")) - {"s-intgrad", "s-ixg"} - {
         m for m in METHODS.names() if METHODS.get(m).kind == "derived"}
     assert {"grad", "occlusion", "intgrad"} <= planned and not {"guided-backprop", "lrp"} & planned
+    named = [spec for spec in specs if spec.name in ("grad", "guided-backprop")]
     with pytest.raises(UserError, match="guided-backprop cannot run"):
-        plan_jobs(grid_file, setting, [0, 1, 2, 3], ["input"], specs, Path("unused"))
+        plan_jobs(grid_file, setting, [0, 1, 2, 3], ["input"], named, Path("unused"))
