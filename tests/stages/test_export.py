@@ -105,9 +105,8 @@ def test_csv_round_trips_to_the_score_artifacts_and_score_json(study):
         mine = frame[(frame.layer == key.layer) & (frame.method == key.method)]
         assert mine.score.tolist() == art.data["scores"].ravel().tolist()  # exact: repr floats
         assert mine.numerator.tolist() == art.data["numerators"].ravel().tolist()
-    cli = json.loads(runner.invoke(app, ["score", *map(str, [p.parent.parent.parent.parent.parent.parent /
-                                                            "attributions" / p.relative_to(CACHE / "scores")
-                                                            for p in paths]), "--json", "--resamples", "200"]).stdout)
+    attributions = [str(ArtifactKey.from_path(p).sibling("attributions", p)) for p in paths]
+    cli = json.loads(runner.invoke(app, ["score", *attributions, "--json", "--resamples", "200"]).stdout)
     summary = pd.read_csv(io.StringIO(runner.invoke(app, ["export", *map(str, paths), "--summary"]).stdout))
     assert len(cli["summary"]) == len(summary) == 4
     for row in cli["summary"]:
