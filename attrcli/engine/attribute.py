@@ -13,6 +13,7 @@ locks and writing artifacts are the ``attribute`` stage's (:mod:`attrcli.stages.
 from __future__ import annotations
 
 import time
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -169,12 +170,19 @@ def batch_macs(adapter: ModelAdapter, n: int, batch_size: int) -> float | None:
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     cell = adapter.cell_size
-    macs = None
-    if device.type != "meta":  # the module's shapes on the meta device: no arithmetic
-        macs = forward_macs(_MetaState(adapter.module), torch.zeros(1, 3, cell, cell, device="meta", dtype=dtype))
-    if macs is None:  # a module that cannot run on meta tensors runs once for real
-        macs = forward_macs(adapter.module, torch.zeros(1, 3, cell, cell, device=device, dtype=dtype))
+    known = _MACS.setdefault(adapter.module, {})
+    if (cell, dtype) not in known:  # per module and input: the count only steers the thread policy
+        macs = None
+        if device.type != "meta":  # the module's shapes on the meta device: no arithmetic
+            macs = forward_macs(_MetaState(adapter.module), torch.zeros(1, 3, cell, cell, device="meta", dtype=dtype))
+        if macs is None:  # a module that cannot run on meta tensors runs once for real
+            macs = forward_macs(adapter.module, torch.zeros(1, 3, cell, cell, device=device, dtype=dtype))
+        known[cell, dtype] = macs
+    macs = known[cell, dtype]
     return None if macs is None else float(macs) * n * n * batch_size
+
+
+_MACS: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 class _MetaState(torch.nn.Module):
