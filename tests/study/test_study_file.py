@@ -14,7 +14,7 @@ from attrcli.stages.studyfile import preset_names, preset_text, read_study, rend
 
 runner = CliRunner()
 
-PLUGIN_MODEL = "tests.engine.helpers:tiny_vgg_model"
+PLUGIN_MODEL = "tests.study.plugin_models:small_vgg"
 PLUGIN_METHOD = "tests.structure.toy_method:ToyScaledGradient:scale=3"
 
 MINI = f"""
@@ -147,7 +147,7 @@ BROKEN = [
     ('n = 3', 'n = 3\ncount_distinct = 0', r"mini\.toml: grids\.count_distinct: must be an integer >= 1, got 0"),
     ('n = 3', 'n = 3\nmin_conf = 1.5', r"mini\.toml: grids\.min_conf: must be a number between 0 and 1"),
     ('n = 3', 'n = 3\ncel_size = 32', r"mini\.toml: \[grids\] cel_size: unknown key \(did you mean cell_size\?\)"),
-    ('n = 3', 'n = 3\ncell_size = 64', r"mini\.toml: grids\.cell_size: tests\.engine\.helpers:tiny_vgg_model needs 32-pixel cells, not 64"),
+    ('n = 3', 'n = 3\ncell_size = 64', r"mini\.toml: grids\.cell_size: tests\.study\.plugin_models:small_vgg needs 32-pixel cells, not 64"),
     ('distinct = "distinct.h5"', 'distinct = "missing.h5"', r"mini\.toml: grids\.distinct: no such file"),
     ('distinct = "distinct.h5"', 'distinct = "corners.h5"', r"mini\.toml: grids\.distinct: corners\.h5 holds corners grids, not distinct"),
     ('distinct = "distinct.h5"', 'distinct = "grids.txt"', r"mini\.toml: grids\.distinct: no such file"),
@@ -242,8 +242,8 @@ def test_a_custom_study_runs_what_its_dry_run_lists_and_reports_exactly_its_part
     to_compute = sorted(label for job in plan["jobs"] for label in job["to_compute"])
     # 2 settings × (input: grad, plugin, intgrad; final: grad, gradcam) = 10 keys, in 3×3 grids
     assert len(to_compute) == 10 and plan["total"]["up_to_date"] == 0
-    assert "distinct/gridpg/tiny-vgg/input/tests.structure.toy_method:ToyScaledGradient:scale=3.0" in to_compute
-    assert "distinct/gridpg/tiny-vgg/input/intgrad:steps=4" in to_compute
+    assert "distinct/gridpg/small-vgg/input/tests.structure.toy_method:ToyScaledGradient:scale=3.0" in to_compute
+    assert "distinct/gridpg/small-vgg/input/intgrad:steps=4" in to_compute
     assert not any(label.endswith("final/intgrad:steps=4") for label in to_compute)  # methods_at: final
     assert all(job["macs"] > 0 for job in plan["jobs"])
     assert list(mini.glob("cache")) == [] and list(mini.glob("reports")) == []  # the dry run wrote nothing
@@ -255,7 +255,7 @@ def test_a_custom_study_runs_what_its_dry_run_lists_and_reports_exactly_its_part
     assert _dry(["mini.toml"])["total"]["to_compute"] == 0
 
     summary = Path(report["summary"]).read_text()
-    assert "## gridpg · tiny-vgg" in summary and "## difull · tiny-vgg" in summary and "dipart" not in summary
+    assert "## gridpg · small-vgg" in summary and "## difull · small-vgg" in summary and "dipart" not in summary
     assert "uniform map = 0.111" in summary  # 1/n² of 3×3 grids
     assert "| tests.structure.toy_method:ToyScaledGradient:scale=3.0 |" in summary
     assert "| intgrad:steps=4 |" in summary
@@ -266,13 +266,13 @@ def test_a_custom_study_runs_what_its_dry_run_lists_and_reports_exactly_its_part
     assert load_study(mini / "mini.toml").text_hash in summary and 'name = "mini"' in summary
     assert "`--device cpu`" in summary
     names = sorted(Path(f).name for f in report["figures"])
-    assert names == ["aggatt-difull-tiny-vgg.png", "aggatt-gridpg-tiny-vgg.png", "boxes.png"]
+    assert names == ["aggatt-difull-small-vgg.png", "aggatt-gridpg-small-vgg.png", "boxes.png"]
 
     # Editing one method's parameter recomputes that key alone, in both settings.
     (mini / "mini.toml").write_text(MINI.replace("intgrad:steps=4", "intgrad:steps=6"))
     plan = _dry(["mini.toml"])
     assert sorted(label for job in plan["jobs"] for label in job["to_compute"]) == [
-        "corners/difull/tiny-vgg/input/intgrad:steps=6", "distinct/gridpg/tiny-vgg/input/intgrad:steps=6"]
+        "corners/difull/small-vgg/input/intgrad:steps=6", "distinct/gridpg/small-vgg/input/intgrad:steps=6"]
     second = runner.invoke(app, ["run", "mini.toml", "--json", "--quiet"])
     assert second.exit_code == 0, second.output
     assert sorted(json.loads(second.stdout)["computed_keys"]) == sorted(
