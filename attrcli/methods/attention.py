@@ -50,7 +50,10 @@ def attention_problem(name: str, model: ModelAdapter, layer: str) -> str | None:
     """Why method ``name`` is not defined for ``model`` at ``layer``, or None."""
     vit = next((m for m in model.module.modules() if isinstance(m, VisionTransformer)), None)
     if vit is None:
-        return f"{name} reads the class-token attention of a torchvision VisionTransformer and the model has no attention"
+        return (
+            f"{name} reads the class-token attention of torchvision's VisionTransformer encoder blocks "
+            "and the model has no such attention"
+        )
     if model.canonical_layer(layer) != INPUT:
         return f"{name} attributes the class token's attention to the input patches only (layer input)"
     for path, block in vit.encoder.layers.named_children():

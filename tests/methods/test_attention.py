@@ -128,7 +128,7 @@ def test_chefer_weighs_attention_by_its_gradient_per_target():
 @pytest.mark.parametrize("name", ["attention-rollout", "chefer"])
 def test_refused_without_attention_and_at_hidden_layers(name, conv_model):
     setting = create_setting("gridpg", conv_model(), 2)
-    with pytest.raises(UserError, match=rf"^method {name} cannot run at layer input .*has no attention") as refused:
+    with pytest.raises(UserError, match=rf"^method {name} cannot run at layer input .*has no such attention") as refused:
         check_method(setting, METHODS.get(name), "input")
     assert "\n" not in str(refused.value)
     vit = create_setting("gridpg", tiny("tiny-vit"), 2)
