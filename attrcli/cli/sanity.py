@@ -33,6 +33,7 @@ from attrcli.errors import UserError
 from attrcli.names import FIGURE_FORMATS
 
 MODES = ("cascading", "independent")
+REGIONS = ("grid", "cell")
 MEASURE_NAMES = ("spearman", "spearman_abs", "ssim", "score_change")
 
 Mode = Annotated[
@@ -41,6 +42,14 @@ Mode = Annotated[
         "--mode",
         help="cascading: randomise the head, then each stage of 'all' top down, cumulatively; "
         "independent: one of them at a time.",
+    ),
+]
+Region = Annotated[
+    str,
+    typer.Option(
+        "--region",
+        help="Pixels compared: grid (the whole map) or cell (each target's own cell, where the "
+        "setting fixes the map's support, e.g. DiFull).",
     ),
 ]
 Seed = Annotated[
@@ -66,6 +75,7 @@ def sanity_command(
     method: AttributeMethods = "grad",
     heads: Heads = None,
     mode: Mode = "cascading",
+    region: Region = "grid",
     device: Device = "auto",
     precision: Precision = "fp32",
     batch_size: BatchSize = 32,
@@ -93,6 +103,8 @@ def sanity_command(
 
     if mode not in MODES:
         raise UserError(f"unknown --mode {mode!r}; valid: {', '.join(MODES)}")
+    if region not in REGIONS:
+        raise UserError(f"unknown --region {region!r}; valid: {', '.join(REGIONS)}")
     if measure not in MEASURE_NAMES:
         raise UserError(f"unknown --measure {measure!r}; valid: {', '.join(MEASURE_NAMES)}")
     if figure is not None and figure.suffix.lower().lstrip(".") not in FIGURE_FORMATS:
@@ -104,19 +116,20 @@ def sanity_command(
         weights=model_weights(weights, model), seed=seed, precision=precision,
     )
     with progress_bar(quiet or as_json) as progress:
-        results = run_sanity(request, mode=mode, bootstrap=bootstrap, progress=progress)
+        results = run_sanity(request, mode=mode, region=region, bootstrap=bootstrap, progress=progress)
     if figure is not None:
         from attrcli.plots.sanity import plot_sanity
 
         plot_sanity(sanity_paths=[r.path for r in results], out=figure, measure=measure,
                     fmt=figure.suffix.lower().lstrip("."))
     if as_json:
-        typer.echo(json.dumps({"mode": mode, "seed": seed, "keys": [r.to_dict() for r in results]}, indent=2))
+        typer.echo(json.dumps({"mode": mode, "region": region, "seed": seed,
+                               "keys": [r.to_dict() for r in results]}, indent=2))
         return
     if not quiet:
         for result in results:
             err.print(f"[dim]{result.status:>17}[/dim]  {result.key}", highlight=False)
-            table = Table(title=f"{result.key}: {mode} randomisation")
+            table = Table(title=f"{result.key}: {mode} randomisation ({region})")
             table.add_column("step")
             for name in MEASURE_NAMES:
                 table.add_column(name, justify="right")

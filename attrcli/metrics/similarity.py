@@ -12,6 +12,11 @@
 - :func:`ssim_maps`: SSIM of maps upsampled bilinearly to the grid's pixel size (as the scorer
   does), each taken as absolute values and divided by its own maximum (so in [0, 1], data range
   1; a zero map stays zero), as Adebayo et al. compare normalised absolute maps.
+- :func:`cell_crops`: each target's own cell of its maps (``region="cell"`` of the sanity
+  stage): where the setting fixes the map's support (DiFull's zeros outside the cell, a sliding
+  head's window), the pixels outside share their zeros whatever the weights and would keep
+  the similarity up; inside the cell only the model decides. The cell is ``size // n`` pixels
+  wide, row-major, as the scorer's; the normalisation for SSIM is then over the cell.
 """
 
 from __future__ import annotations
@@ -99,8 +104,30 @@ def normalised_abs(maps: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(peak > 0, flat / peak.clamp(min=torch.finfo(flat.dtype).tiny), flat)
 
 
-def ssim_maps(first: np.ndarray, second: np.ndarray, *, image_size: int) -> np.ndarray:
-    """SSIM ``(B, T)`` of ``(B, T, h, w)`` maps on the grid's pixels (:func:`normalised_abs`)."""
-    a = normalised_abs(torch.from_numpy(np.asarray(first)), image_size).numpy()
-    b = normalised_abs(torch.from_numpy(np.asarray(second)), image_size).numpy()
-    return ssim(a, b, data_range=1.0)
+def cell_crops(maps: np.ndarray, cells: np.ndarray, n: int) -> np.ndarray:
+    """``(B, T, c, c)``: target ``t``'s cell ``cells[t]`` of ``(B, T, S, S)`` maps, ``c = S // n``."""
+    maps = np.asarray(maps)
+    c = maps.shape[-1] // n
+    crops = [maps[:, t, (cell // n) * c : (cell // n + 1) * c, (cell % n) * c : (cell % n + 1) * c]
+             for t, cell in enumerate(np.asarray(cells, dtype=np.int64))]
+    return np.stack(crops, axis=1)
+
+
+def ssim_maps(
+    first: np.ndarray, second: np.ndarray, *, image_size: int, cells: np.ndarray | None = None,
+    n: int = 1,
+) -> np.ndarray:
+    """SSIM ``(B, T)`` of ``(B, T, h, w)`` maps on the grid's pixels (:func:`normalised_abs`);
+    with ``cells`` over each target's own cell of the ``n`` x ``n`` grid (:func:`cell_crops`),
+    normalised over that cell."""
+    if cells is None:
+        a = normalised_abs(torch.from_numpy(np.asarray(first)), image_size).numpy()
+        b = normalised_abs(torch.from_numpy(np.asarray(second)), image_size).numpy()
+        return ssim(a, b, data_range=1.0)
+    crops = []
+    for maps in (first, second):
+        up = normalised_abs(torch.from_numpy(np.asarray(maps)), image_size).numpy()
+        part = cell_crops(up, cells, n)
+        peak = part.max(axis=(2, 3), keepdims=True)
+        crops.append(np.divide(part, peak, out=np.zeros_like(part), where=peak > 0))
+    return ssim(crops[0], crops[1], data_range=1.0)

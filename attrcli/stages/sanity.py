@@ -19,7 +19,10 @@ by a hash of the trained weights, the groups and the seed: a rerun finds them up
 killed run resumes from the attribute stage's checkpoints. Each key's similarities to the
 trained model's maps (:mod:`attrcli.metrics.similarity`: Spearman signed and absolute, SSIM,
 localization score change) with bootstrap intervals of their means (grid images resampled) are
-stored in one artifact per key, recomputed only when a map changed.
+stored in one artifact per key, recomputed only when a map changed. ``region="cell"`` compares
+each target's own cell only (:func:`~attrcli.metrics.similarity.cell_crops`): where the setting
+fixes the map's support (DiFull, a sliding head's window) the zeros outside the cell are shared
+whatever the weights.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from attrcli.errors import UserError
 from attrcli.metrics.intervals import BootstrapConfig, mean_interval
 from attrcli.metrics.localization import chunk_rows
 from attrcli.metrics.selection import inspect_attribution
-from attrcli.metrics.similarity import SIMILARITY_CONFIG, spearman_maps, ssim_maps
+from attrcli.metrics.similarity import SIMILARITY_CONFIG, cell_crops, spearman_maps, ssim_maps
 from attrcli.models import ModelAdapter, create_model
 from attrcli.progress import Progress
 from attrcli.stages.attribute import run_attribute
@@ -50,7 +53,7 @@ from attrcli.stages.plan import AttributeRequest, AttributeResult, plan, weightl
 from attrcli.stages.score import score_one
 from attrcli.store import artifact_lock, content_hash, file_hash, read_artifact, write_artifact
 from attrcli.store.artifacts import make_provenance
-from attrcli.store.keys import SANITY_MODES, SanityKey
+from attrcli.store.keys import SANITY_MODES, SANITY_REGIONS, SanityKey
 
 __all__ = ["MEASURES", "SanityResult", "randomisation_steps", "randomise", "run_sanity", "sanity"]
 
@@ -75,6 +78,7 @@ class SanityResult:
     means: dict[str, list[float]]  # measure -> mean per step (NaN values left out)
     intervals: dict[str, list[tuple[float, float]]]  # measure -> bootstrap interval per step
     maps: dict[str, str] = field(default_factory=dict)  # step -> status of its attribution
+    region: str = "grid"  # the pixels compared: the whole grid, or each target's cell
 
     def to_dict(self) -> dict[str, Any]:
         def clean(value: float) -> float | None:
@@ -82,7 +86,7 @@ class SanityResult:
 
         out: dict[str, Any] = {
             "path": str(self.path), "key": self.key, "status": self.status, "mode": self.mode,
-            "steps": self.steps, "randomised": self.randomised, "maps": self.maps,
+            "region": self.region, "steps": self.steps, "randomised": self.randomised, "maps": self.maps,
         }
         for name in MEASURES:
             out[name] = [clean(v) for v in self.means[name]]
@@ -165,26 +169,29 @@ def randomise(adapter: ModelAdapter, groups: list[str], *, seed: int) -> None:
                         sub.reset_running_stats()
 
 
-def sanity(*, progress: Progress | None = None, mode: str = "cascading",
+def sanity(*, progress: Progress | None = None, mode: str = "cascading", region: str = "grid",
            bootstrap: BootstrapConfig | None = None, **fields: Any) -> list[SanityResult]:
     """:func:`run_sanity` of ``AttributeRequest(**fields)``: the library's keyword form
     (``sanity(grids=..., model="digits-vgg11", layers="input,final", methods="grad,gradcam",
     mode="cascading")``)."""
-    return run_sanity(AttributeRequest(**fields), mode=mode, bootstrap=bootstrap, progress=progress)
+    return run_sanity(AttributeRequest(**fields), mode=mode, region=region, bootstrap=bootstrap, progress=progress)
 
 
 def run_sanity(
-    request: AttributeRequest, *, mode: str = "cascading", bootstrap: BootstrapConfig | None = None,
-    progress: Progress | None = None,
+    request: AttributeRequest, *, mode: str = "cascading", region: str = "grid",
+    bootstrap: BootstrapConfig | None = None, progress: Progress | None = None,
 ) -> list[SanityResult]:
     """Randomise the model step by step (``mode``: cascading or independent, seeded by
     ``request.seed``), compute every key's maps on each randomised model through the attribute
-    stage, and compare them with the trained model's maps; one result per key of ``request``.
+    stage, and compare them with the trained model's maps (over the whole grid, or with
+    ``region="cell"`` over each target's cell); one result per key of ``request``.
 
     Everything is validated before weights are loaded or anything is written; maps, scores and
     similarities are cached (a rerun computes nothing; a killed run resumes).
     """
     key = SanityKey(mode, int(request.seed))  # checks the mode and seed
+    if region not in SANITY_REGIONS:
+        raise UserError(f"unknown region {region!r}; valid: {', '.join(SANITY_REGIONS)}")
     if request.shard is not None or request.shards > 1:
         raise UserError("sanity runs inline: drop --shard/--shards")
     bootstrap = bootstrap or BootstrapConfig(seed=int(request.seed))
@@ -232,14 +239,14 @@ def run_sanity(
         statuses = {step: by_key[step][trained.key].status for step, _ in steps}
         results.append(_similarity(
             key, request.cache_root, trained, paths, statuses, steps, bootstrap, dev, progress, request.wait,
-            request.force,
+            request.force, region,
         ))
     return results
 
 
-def _config(key: SanityKey, steps: list[tuple[str, list[str]]], bootstrap: BootstrapConfig) -> dict:
+def _config(key: SanityKey, steps: list[tuple[str, list[str]]], bootstrap: BootstrapConfig, region: str) -> dict:
     return {
-        "stage": "sanity", "mode": key.mode, "seed": key.seed, "steps": [s for s, _ in steps],
+        "stage": "sanity", "mode": key.mode, "seed": key.seed, "region": region, "steps": [s for s, _ in steps],
         "randomised": [g for _, g in steps], "reinit": REINIT_VERSION, "measures": SIMILARITY_CONFIG,
         "intervals": bootstrap.to_dict(), "version": 1,
     }
@@ -248,24 +255,25 @@ def _config(key: SanityKey, steps: list[tuple[str, list[str]]], bootstrap: Boots
 def _similarity(
     key: SanityKey, cache_root: Path, trained: AttributeResult, paths: dict[str, Path],
     statuses: dict[str, str], steps: list[tuple[str, list[str]]], bootstrap: BootstrapConfig,
-    device: torch.device, progress: Progress | None, wait: bool, force: bool,
+    device: torch.device, progress: Progress | None, wait: bool, force: bool, region: str,
 ) -> SanityResult:
-    out = key.similarity_path(cache_root, trained.key)
+    out = key.similarity_path(cache_root, trained.key, region)
     inputs = {step: file_hash(path) for step, path in paths.items()}
-    config = _config(key, steps, bootstrap)
+    config = _config(key, steps, bootstrap, region)
     status = status_of(out, inputs, config, force)
     names = [s for s, _ in steps]
     if status != UP_TO_DATE:
         with artifact_lock(out, wait=wait):
             start = time.perf_counter()
-            values = _measures(paths, names, device, progress, wait)
+            values = _measures(paths, names, device, progress, wait, region)
             means = np.stack([[_nanmean(values[m][s]) for s in range(len(names))] for m in MEASURES])
             bounds = np.stack([[mean_interval(values[m][s], bootstrap) for s in range(len(names))]
                                for m in MEASURES])
             write_artifact(
                 out,
                 data={**values, "means": means, "intervals": bounds},
-                attrs={"key": trained.key.label(), "mode": key.mode, "seed": key.seed, "steps": names,
+                attrs={"key": trained.key.label(), "mode": key.mode, "seed": key.seed, "region": region,
+                       "steps": names,
                        "randomised": [g for _, g in steps], "measures": list(MEASURES),
                        "attribution": str(trained.path), **bootstrap.attrs()},
                 provenance=make_provenance(config=config, inputs=inputs, seed=key.seed, device=str(device),
@@ -278,7 +286,7 @@ def _similarity(
         randomised=[list(g) for _, g in steps],
         means={m: [float(v) for v in means[i]] for i, m in enumerate(MEASURES)},
         intervals={m: [(float(lo), float(hi)) for lo, hi in bounds[i]] for i, m in enumerate(MEASURES)},
-        maps=statuses,
+        maps=statuses, region=region,
     )
 
 
@@ -288,12 +296,18 @@ def _nanmean(values: np.ndarray) -> float:
 
 
 def _measures(
-    paths: dict[str, Path], names: list[str], device: torch.device, progress: Progress | None, wait: bool
+    paths: dict[str, Path], names: list[str], device: torch.device, progress: Progress | None, wait: bool,
+    region: str = "grid",
 ) -> dict[str, np.ndarray]:
     """``(steps, N, T)`` values of every measure, maps read a chunk of grid images at a time."""
     sources = {step: inspect_attribution(path) for step, path in paths.items()}
     reference = sources[TRAINED]
     count, targets = len(reference.identity.grid_index), len(reference.identity.cells)
+    cells = np.asarray(reference.identity.cells) if region == "cell" else None
+
+    def crop(maps: np.ndarray) -> np.ndarray:
+        return maps if cells is None else cell_crops(maps, cells, reference.n)
+
     scores = {}
     for step, source in sources.items():
         if not np.array_equal(source.identity.grid_index, reference.identity.grid_index):
@@ -310,9 +324,11 @@ def _measures(
             for s, step in enumerate(names):
                 with h5py.File(paths[step], "r") as other:
                     second = np.asarray(other["maps"][start:stop])
-                values["spearman"][s, start:stop] = spearman_maps(first, second)
-                values["spearman_abs"][s, start:stop] = spearman_maps(first, second, absolute=True)
-                values["ssim"][s, start:stop] = ssim_maps(first, second, image_size=reference.image_size)
+                values["spearman"][s, start:stop] = spearman_maps(crop(first), crop(second))
+                values["spearman_abs"][s, start:stop] = spearman_maps(crop(first), crop(second), absolute=True)
+                values["ssim"][s, start:stop] = ssim_maps(
+                    first, second, image_size=reference.image_size, cells=cells, n=reference.n
+                )
             if progress is not None:
                 progress(f"sanity {reference.key.label()}", stop, count)
     values["score_change"] = np.stack([scores[step] - scores[TRAINED] for step in names])

@@ -259,6 +259,7 @@ class ComparisonKey:
 
 SANITY = "sanity"
 SANITY_MODES = ("cascading", "independent")
+SANITY_REGIONS = ("grid", "cell")
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,8 @@ class SanityKey:
     ``<root>/sanity/<mode>-seed<seed>/steps/<step>/`` is the cache folder of the maps of the
     model randomised up to ``step`` (laid out as any cache folder, so the attribute stage caches
     and checkpoints them); ``<root>/sanity/<mode>-seed<seed>/similarity/<grids>/<setting>/
-    <model>/<layer>/<method>.h5`` holds a key's similarities to the trained model's maps.
+    <model>/<layer>/<method>.h5`` holds a key's similarities to the trained model's maps
+    (``similarity-cell/`` those over the target cell only).
     """
 
     mode: str
@@ -289,16 +291,20 @@ class SanityKey:
             raise UserError(f"invalid randomisation step {step!r}")
         return self.folder(root) / "steps" / step
 
-    def similarity_path(self, root: Path | str, key: ArtifactKey) -> Path:
-        """Where the similarities of ``key`` (an attribution key of the trained model) live."""
+    def similarity_path(self, root: Path | str, key: ArtifactKey, region: str = "grid") -> Path:
+        """Where the similarities of ``key`` (an attribution key of the trained model) live;
+        those over the target cell only (``region="cell"``) under ``similarity-cell/``."""
+        if region not in SANITY_REGIONS:
+            raise UserError(f"unknown region {region!r}; valid: {', '.join(SANITY_REGIONS)}")
+        folder = "similarity" if region == "grid" else f"similarity-{region}"
         return self.folder(root).joinpath(
-            "similarity", key.grids, key.setting, key.model, key.layer, key.unsharded().filename
+            folder, key.grids, key.setting, key.model, key.layer, key.unsharded().filename
         )
 
     @classmethod
     def glob_similarities(cls, root: Path | str) -> list[Path]:
         """Every similarity artifact under the cache folder ``root``, sorted."""
         return sorted(
-            p for p in (Path(root) / SANITY).glob(f"*-seed*/similarity/*/*/*/*/*{SUFFIX}")
+            p for p in (Path(root) / SANITY).glob(f"*-seed*/similarity*/*/*/*/*/*{SUFFIX}")
             if p.is_file() and not p.name.startswith(".")
         )

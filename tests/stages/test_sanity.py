@@ -208,3 +208,25 @@ def test_figure_draws_one_curve_per_method_and_layer_with_the_stored_means(tmp_p
         assert curves["random"].get_linestyle() == "--"
     with pytest.raises(UserError, match="measure"):
         plots.plot_sanity(sanity_paths=[r.path for r in results], out=tmp_path / "f.png", measure="pearson")
+
+
+def test_cell_region_compares_each_targets_own_cell(tmp_path):
+    """In DiFull a gradient map is zero outside its cell whatever the weights: over the grid
+    those shared zeros keep Spearman up; over the cell only the model decides."""
+    from attrcli.metrics.similarity import cell_crops
+
+    grids = tmp_path / "toy.h5"
+    make_toy_grid_file(grids, variant="corners", count=6)
+    common = dict(grids=grids, model=conv32(), setting="difull", layers="input", methods="grad",
+                  cache_root=tmp_path / "cache", bootstrap=BOOT, batch_size=4)
+    [whole] = sanity(**common)
+    [cell] = sanity(**common, region="cell")
+    assert cell.maps == dict.fromkeys(cell.steps, "up to date")  # the same maps, compared again
+    assert cell.path != whole.path and "similarity-cell" in str(cell.path)
+    assert whole.means["spearman"][-1] > 0.9 > 0.5 > cell.means["spearman"][-1]
+    maps = np.arange(2 * 2 * 4 * 4, dtype=float).reshape(2, 2, 4, 4)
+    crops = cell_crops(maps, np.array([3, 0]), 2)
+    np.testing.assert_array_equal(crops[:, 0], maps[:, 0, 2:, 2:])
+    np.testing.assert_array_equal(crops[:, 1], maps[:, 1, :2, :2])
+    with pytest.raises(UserError, match="region"):
+        sanity(**common, region="border")
