@@ -94,7 +94,7 @@ def run_command(
         )
     seconds = time.perf_counter() - started
     if as_json:
-        typer.echo(json.dumps({"report": str(result.report_dir), "summary": str(result.summary),
+        typer.echo(json.dumps({"report": str(result.report_dir), "summary": str(result.summary), "html": str(result.html),
                                "figures": [str(f) for f in result.figures], "computed": result.computed,
                                "computed_keys": result.computed_keys, "seconds": round(seconds, 1)}, indent=2))
         return

@@ -54,6 +54,7 @@ class StudyResult:
     attributions: list[Path] = field(default_factory=list)
     computed: int = 0  # artifacts computed (not found up to date)
     computed_keys: list[str] = field(default_factory=list)  # labels of the attribution keys computed
+    html: Path | None = None  # the self-contained report page
 
 
 def open_study(study: Study | str | Path) -> Study:
@@ -154,9 +155,26 @@ def run_study(
     variants = {g.variant: grid_files[g.path] for g in planned.grids}
     result.figures = draw_figures(study=view, report_dir=report_dir, fmt=a.format, scores=scores, aggatts=aggatts,
                                   correlations=correlations, grid_files=variants)
+    record = provenance(study)
     write_summary(study=view, path=result.summary, scores=scores, correlations=correlations, figures=result.figures,
-                  attributions=result.attributions, comparisons=comparisons, provenance=provenance(study))
+                  attributions=result.attributions, comparisons=comparisons, provenance=record)
+    say("report")
+    result.html = _html(study, record, report_dir, scores, list(result.figures), correlations, comparisons, aggatts)
     return result
+
+
+def _html(study: Study, record: dict[str, Any], report_dir: Path, scores: list[Path], figures: list[Path],
+          correlations: list[Path], comparisons: list[Path], aggatts: list[Path]) -> Path:
+    """``reports/<study>/index.html`` (:mod:`attrcli.stages.html`) beside the summary."""
+    from attrcli.metrics.summary import summarize
+    from attrcli.stages.html import provenance_of, write_html
+
+    shown = {"study file": record["source"], "study file sha256": record["sha256"],
+             "CLI overrides": record["overrides"] or "none", "attrcli": record["attrcli"],
+             **provenance_of(scores), "study file text": record["text"]}
+    return write_html(report_dir=report_dir, title=f"attrcli study: {study.name}", provenance=shown,
+                      summary_rows=summarize(scores), figures=figures, correlations=correlations,
+                      comparisons=comparisons, aggatts=aggatts, description=study.description)
 
 
 def provenance(study: Study) -> dict[str, Any]:

@@ -265,6 +265,9 @@ def test_a_custom_study_runs_what_its_dry_run_lists_and_reports_exactly_its_part
 
     assert load_study(mini / "mini.toml").text_hash in summary and 'name = "mini"' in summary
     assert "`--device cpu`" in summary
+    page = Path(report["html"]).read_text()
+    assert Path(report["html"]).parent == Path(report["summary"]).parent
+    assert "intgrad:steps=4" in page and load_study(mini / "mini.toml").text_hash in page and "dipart" not in page
     names = sorted(Path(f).name for f in report["figures"])
     assert names == ["aggatt-difull-small-vgg.png", "aggatt-gridpg-small-vgg.png", "boxes.png"]
 
