@@ -43,7 +43,8 @@ th{background:#f4f4f4;position:sticky;top:0}td.t,th.t{text-align:left}
 table.sortable th{cursor:pointer}table.sortable th[aria-sort=ascending]::after{content:" ▲"}
 table.sortable th[aria-sort=descending]::after{content:" ▼"}
 small{color:#666}figure{margin:1em 0}figure img{max-width:100%}
-.key img{image-rendering:pixelated;display:block;margin:2px 0}.heat td{min-width:3.2em;color:#000}
+.keys{display:grid;grid-template-columns:repeat(auto-fill,minmax(430px,1fr));gap:0 1.5em}
+.key img{image-rendering:pixelated;display:block;margin:2px 0}.key h3{font-size:.95em}.heat td{min-width:3.2em;color:#000}
 code{background:#f4f4f4;padding:0 3px;white-space:pre-wrap}
 """
 
@@ -298,7 +299,7 @@ def render_html(*, report_dir: Path, title: str, provenance: dict, summary_rows:
     if keyed:
         parts.append("<h2>AggAtt and median examples per key</h2>")
         examples = examples_strips(keyed)
-        parts += [key_html(p, examples[p]) for p in keyed]
+        parts += ['<div class="keys">', *(key_html(p, examples[p]) for p in keyed), "</div>"]
     parts += [f"<script>{SCRIPT}</script>", "</body></html>", ""]
     return "\n".join(parts)
 
