@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +66,9 @@ def attention_problem(name: str, model: ModelAdapter, layer: str) -> str | None:
     return None
 
 
-def _explicit(attention: nn.MultiheadAttention, store: list[torch.Tensor]):
-    """A forward for ``attention`` (self-attention, batch first) that keeps its attention matrix."""
+def _explicit(attention: nn.MultiheadAttention, store: list[torch.Tensor], keep: Callable[[torch.Tensor], torch.Tensor]):
+    """A forward for ``attention`` (self-attention, batch first) that keeps ``keep`` of its
+    attention matrix."""
 
     def forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **_: object):
         batch, tokens, width = query.shape
@@ -75,7 +76,7 @@ def _explicit(attention: nn.MultiheadAttention, store: list[torch.Tensor]):
         qkv = F.linear(query, attention.in_proj_weight, attention.in_proj_bias)
         q, k, v = qkv.view(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
         weights = torch.softmax((q * math.sqrt(1.0 / (width // heads))) @ k.transpose(-2, -1), dim=-1)
-        store.append(weights)  # (B, heads, tokens, tokens)
+        store.append(keep(weights))  # of (B, heads, tokens, tokens)
         out = (weights @ v).transpose(1, 2).reshape(batch, tokens, width)
         return attention.out_proj(out), None
 
@@ -83,9 +84,12 @@ def _explicit(attention: nn.MultiheadAttention, store: list[torch.Tensor]):
 
 
 @contextmanager
-def recorded_attention(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+def recorded_attention(
+    module: nn.Module, keep: Callable[[torch.Tensor], torch.Tensor] = lambda weights: weights
+) -> Iterator[list[torch.Tensor]]:
     """Within the block every encoder self-attention of ``module`` appends its attention matrix
-    ``(B, heads, tokens, tokens)`` to the yielded list, block by block; restored on exit."""
+    ``(B, heads, tokens, tokens)`` (or ``keep`` of it: the head mean, which takes 1/heads of the
+    memory) to the yielded list, block by block; restored on exit."""
     store: list[torch.Tensor] = []
     missing = object()
     patched: list[tuple[nn.MultiheadAttention, object]] = []
@@ -93,7 +97,7 @@ def recorded_attention(module: nn.Module) -> Iterator[list[torch.Tensor]]:
         for block in (m for m in module.modules() if isinstance(m, EncoderBlock)):
             attention = block.self_attention
             patched.append((attention, attention.__dict__.get("forward", missing)))
-            attention.forward = _explicit(attention, store)
+            attention.forward = _explicit(attention, store, keep)
         yield store
     finally:
         for attention, previous in reversed(patched):
@@ -159,10 +163,10 @@ class AttentionRollout(_AttentionMethod):
     name = "attention-rollout"
 
     def maps(self, ctx, images, grid, classes):
-        with torch.no_grad(), recorded_attention(ctx.setting.model.module) as store:
+        with torch.no_grad(), recorded_attention(ctx.setting.model.module, lambda a: a.mean(1)) as store:
             ctx.setting.model.run_blocks(images)
         eye = torch.eye(store[0].shape[-1], dtype=images.dtype, device=images.device)
-        mixed = [0.5 * a.mean(1) + 0.5 * eye for a in store]
+        mixed = [0.5 * a + 0.5 * eye for a in store]
         mixed = [m / m.sum(-1, keepdim=True) for m in mixed]
         out = class_row_map(rollout(mixed), tuple(images.shape[-2:]))
         return out if classes is not None else out[:, None].expand(-1, ctx.targets.count, -1, -1)
