@@ -3,6 +3,10 @@
 Each bin map is divided by its key's normaliser (the 99.5th percentile over the key's bins,
 supplement H.4), so the six bins of a row share one scale, and every row uses one colormap from
 0 to 1. The target cell the AggAtt was computed for is outlined.
+
+Drawing costs what the pixels cost: each row is one image (the six coloured bin maps side by
+side, :func:`compose_row`) in one axes placed with fixed geometry, with labels as text; a figure
+of dozens of rows has two axes, not hundreds laid out by constrained layout.
 """
 
 from __future__ import annotations
@@ -187,8 +191,9 @@ def build_aggatt(*, aggatt_paths: list[Path]) -> Figure:
                 ax.text(x + size / 2, y + size / 2, "empty", ha="center", va="center",
                         color="white", fontsize=8)
         ax.text(-0.1 * per_inch, y + size / 2, labels[r], ha="right", va="center", fontsize=8)
-    ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="black", linewidth=0.8, clip_on=False))
-    ax.add_collection(PatchCollection(outlines, facecolor="none", edgecolor=OUTLINE, linewidth=1.4, clip_on=False))
+    for boxes, colour, width in ((frames, "black", 0.8), (outlines, OUTLINE, 1.4)):
+        ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor=colour,
+                                          linewidth=width, clip_on=False))
     for b, label in enumerate(BIN_LABELS):
         ax.text(b * (size + gap) + size / 2, -0.06 * per_inch, label, ha="center", va="bottom",
                 fontsize=9)

@@ -3,7 +3,8 @@
 For each key (one row) and each bin, the example at the bin's median position (recorded by the
 ``aggatt`` stage) is shown: the grid image, de-normalised with the grid file's mean and std, and
 its attribution map upsampled to the image and clamped at zero (as scored, SPEC §1), scaled to
-its own maximum. The target cell is outlined on both.
+its own maximum. The target cell is outlined on both. Each row is one composed image
+(:func:`compose_examples`) in one axes with fixed geometry, as in the AggAtt figure.
 """
 
 from __future__ import annotations
@@ -214,8 +215,9 @@ def build_examples(*, aggatt_paths: list[Path], grid_file: Path | None = None) -
             ax.text(x + 1.5 * size + gap, y - 0.03 * per_inch, f"score {item.scores[b]:.2f}",
                     ha="center", va="bottom", fontsize=7)
         ax.text(-0.1 * per_inch, y + size / 2, labels[r], ha="right", va="center", fontsize=8)
-    ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="black", linewidth=0.8, clip_on=False))
-    ax.add_collection(PatchCollection(outlines, facecolor="none", edgecolor=OUTLINE, linewidth=1.4, clip_on=False))
+    for boxes, colour, width in ((frames, "black", 0.8), (outlines, OUTLINE, 1.4)):
+        ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor=colour,
+                                          linewidth=width, clip_on=False))
     for b, label in enumerate(BIN_LABELS):
         x = b * (2 * size + gap + bin_gap)
         ax.text(x + size + gap / 2, -0.2 * per_inch, label, ha="center", va="bottom", fontsize=9)
