@@ -172,7 +172,8 @@ def test_status_without_grids_summarizes_the_cache(workdir):
 
 def test_help_lists_commands_in_pipeline_order():
     listed = re.findall(r"^[^\w-]*\s([a-z][a-z-]*)  ", invoke("--help").stdout, re.M)  # a row per command
-    order = ["make-grids", "import-grids", "attribute", "score", "aggatt", "correlate", "compare", "plot",
-             "run", "models", "launch", "plan", "merge", "status"]
+    order = ["make-grids", "import-grids", "attribute", "score", "aggatt", "correlate", "compare", "sanity", "plot",
+             "run", "export", "report", "models", "launch", "plan", "merge", "status"]
     assert {"make-grids", "attribute", "score", "plot", "run", "status"} <= set(listed)
     assert listed == [name for name in order if name in listed]
+    assert {"sanity", "export", "report"} <= set(listed)
