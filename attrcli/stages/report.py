@@ -209,6 +209,7 @@ def conditioning_notes(attributions: list[Path]) -> list[str]:
 def write_summary(
     *, study, path: Path, scores: list[Path], correlations: list[Path], figures: list[Path],
     attributions: list[Path] = (), comparisons: list[Path] = (), provenance: dict | None = None,
+    sanity: list = (),
 ) -> Path:
     """``summary.md``: per setting and model a method × layer table, best methods, findings, the
     keys whose maps needed a conditioning guard, the paired comparisons and, with
@@ -253,6 +254,8 @@ def write_summary(
         lines.append("")
     if comparisons:
         lines += comparison_lines(list(comparisons))
+    if sanity:
+        lines += sanity_lines(list(sanity))
     lines += ["## Figures", ""] + [f"- [{f.name}]({f.name})" for f in figures] + [""]
     if provenance:
         lines += provenance_lines(provenance)
@@ -280,6 +283,23 @@ def comparison_lines(paths: list[Path]) -> list[str]:
                          f"| {pair.delta_mean:+.3f} | {pair.p_adjusted:.3g} |")
         lines.append("")
     return lines
+
+
+def sanity_lines(results: list) -> list[str]:
+    """The model-randomisation checks: each key's similarity to the trained model's maps once the
+    whole network is randomised (cascading) or after the deepest single group (independent)."""
+    lines = ["## Sanity checks (model randomisation)", "",
+             "Similarity of each key's maps to the trained model's after the last step (Adebayo et al., "
+             "2018): a method whose maps stay similar does not depend on the model.", "",
+             "| key | mode | steps | Spearman [interval] | SSIM | Δscore |", "|---|---|---|---|---|---|"]
+    for r in results:
+        d = r.to_dict()
+        spearman, ci = d["spearman"][-1], d["spearman_ci"][-1]
+        shown = "—" if spearman is None else f"{spearman:.2f}" + ("" if None in ci else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
+        ssim, change = d["ssim"][-1], d["score_change"][-1]
+        lines.append(f"| {d['key']} | {d['mode']} | {len(d['steps'])} | {shown} | "
+                     f"{'—' if ssim is None else f'{ssim:.2f}'} | {'—' if change is None else f'{change:+.3f}'} |")
+    return lines + [""]
 
 
 def provenance_lines(provenance: dict) -> list[str]:

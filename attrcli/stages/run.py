@@ -148,6 +148,8 @@ def run_study(
     correlations = _correlations(planned, scores, Path(cache_root), force, bootstrap)
     comparisons = _comparisons(planned, scores, Path(cache_root), force, bootstrap)
 
+    sanity = _sanity(planned, grid_files, bootstrap, progress)
+
     say("figures")
     from attrcli.stages.report import draw_figures, write_summary
 
@@ -157,7 +159,7 @@ def run_study(
                                   correlations=correlations, grid_files=variants)
     record = provenance(study)
     write_summary(study=view, path=result.summary, scores=scores, correlations=correlations, figures=result.figures,
-                  attributions=result.attributions, comparisons=comparisons, provenance=record)
+                  attributions=result.attributions, comparisons=comparisons, provenance=record, sanity=sanity)
     say("report")
     result.html = _html(study, record, report_dir, scores, list(result.figures), correlations, comparisons, aggatts)
     return result
@@ -175,6 +177,20 @@ def _html(study: Study, record: dict[str, Any], report_dir: Path, scores: list[P
     return write_html(report_dir=report_dir, title=f"attrcli study: {study.name}", provenance=shown,
                       summary_rows=summarize(scores), figures=figures, correlations=correlations,
                       comparisons=comparisons, aggatts=aggatts, description=study.description)
+
+
+def _sanity(planned: StudyPlan, grid_files: dict[Path, Path], bootstrap, progress: Progress | None) -> list:
+    """The study's model-randomisation checks (:mod:`attrcli.stages.sanity`), each cached."""
+    if not planned.sanity:
+        return []
+    from attrcli.stages.sanity import run_sanity
+
+    out = []
+    for request in planned.sanity:
+        for mode in planned.study.sanity.modes:
+            out += run_sanity(request.replace(grids=grid_files[Path(request.grids)]), mode=mode,
+                              region=planned.study.sanity.region, bootstrap=bootstrap, progress=progress)
+    return out
 
 
 def provenance(study: Study) -> dict[str, Any]:

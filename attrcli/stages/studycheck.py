@@ -65,6 +65,7 @@ class StudyPlan:
     grids: list[GridSource] = field(default_factory=list)
     requests: list[Any] = field(default_factory=list)  # AttributeRequest, base before derived
     model_keys: dict[str, str] = field(default_factory=dict)  # study's model name -> its artifact keys' name
+    sanity: list[Any] = field(default_factory=list)  # AttributeRequest of the sanity checks
 
     def grid_for(self, variant: str, model: str) -> GridSource:
         return next(g for g in self.grids if g.variant == variant and (not g.models or model in g.models))
@@ -332,7 +333,40 @@ def check_study(study: Study, *, data_dir: Path = Path("data/grids"), cache_root
                     plan(request, adapter=adapter, grid_file=stand_in)
                 result.requests.append(request)
     _check_comparisons(study, where, result)
+    _check_sanity(study, where, result, adapters, layers_of, known_layers, counts)
     return result
+
+
+def _check_sanity(study: Study, where: _Where, result: StudyPlan, adapters: dict, layers_of: dict,
+                  known_layers: set, counts: dict) -> None:
+    """The sanity checks' requests: per model and checked setting, its layers grouped by methods."""
+    from attrcli.stages.plan import AttributeRequest
+
+    san = study.sanity
+    if not san.modes:
+        return
+    _check_names(where, "sanity.settings", san.settings, study.settings)
+    for i, layer in enumerate(san.layers):
+        if layer not in known_layers:
+            where.fail(f"sanity.layers[{i}]", f"{layer!r} is not a layer of the study (layers: {', '.join(sorted(known_layers))})")
+    _methods(where, "sanity.methods", san.methods)
+    template = {r.model: r for r in result.requests}
+    for name, adapter in adapters.items():
+        for setting in san.settings:
+            source = result.grid_for(GRID_VARIANT.get(setting, "distinct"), name)
+            stand_in = _stand_in(source.path, n=study.grids.n, cell_size=adapter.cell_size, variant=source.variant,
+                                 count=counts[source.variant])
+            layers = [layer for layer in layers_of[name] if not san.layers or layer in san.layers]
+            groups: dict[tuple[str, ...], list[str]] = {}
+            for layer in layers:
+                groups.setdefault(tuple(san.methods or study.methods_for(setting, layer)), []).append(layer)
+            for methods, chosen in groups.items():
+                request = template[name].replace(grids=source.path, setting=setting, layers=chosen, methods=list(methods))
+                try:
+                    _check_request(where, study, request, adapter, stand_in, setting, chosen)
+                except UserError as exc:
+                    raise UserError(f"{where.file}: sanity: {str(exc).partition(': ')[2]}") from None
+                result.sanity.append(request)
 
 
 def _derived(study: Study, setting: str, kernels: tuple[int, ...], layers: list[str]) -> list[str]:

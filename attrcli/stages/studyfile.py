@@ -34,7 +34,7 @@ else:  # pragma: no cover - the backport on Python 3.10
 
 __all__ = [
     "FIGURES", "LAUNCHERS", "Analysis", "Comparison", "Compute", "Grids", "Launcher", "MethodsAt",
-    "ModelEntry", "Smoothing", "Study", "load_study", "preset_names", "preset_text", "read_study",
+    "ModelEntry", "Sanity", "Smoothing", "Study", "load_study", "preset_names", "preset_text", "read_study",
     "render",
 ]
 
@@ -173,6 +173,19 @@ class Analysis:
 
 
 @dataclass(frozen=True)
+class Sanity:
+    """Model-parameter randomisation checks (attrcli sanity) of some of the study's keys."""
+
+    modes: list[str] = doc("cascading and/or independent (empty: no sanity check)", factory=list,
+                           check=_each_one_of(("cascading", "independent")))
+    settings: list[str] = doc("settings checked", factory=lambda: ["gridpg"])
+    layers: list[str] = doc("layers checked (default: the study's)", factory=list)
+    methods: list[str] = doc("methods checked (default: the study's at each layer)", factory=list)
+    region: str = doc("pixels compared: grid (the whole map) or cell (each target's own cell)", "grid",
+                      check=_one_of(("grid", "cell")))
+
+
+@dataclass(frozen=True)
 class Compute:
     """Where and how the attributions are computed."""
 
@@ -210,6 +223,7 @@ class Study:
     grids: Grids = doc("[grids]", factory=Grids)
     smoothing: Smoothing = doc("[smoothing]", factory=Smoothing)
     analysis: Analysis = doc("[analysis]", factory=Analysis)
+    sanity: Sanity = doc("[sanity]", factory=Sanity)
     compute: Compute = doc("[compute]", factory=Compute)
     launcher: Launcher = doc("[launcher]", factory=Launcher)
     # Not part of the file: where it was read from, its text and the CLI's overrides.
@@ -464,6 +478,6 @@ def render(study: Study) -> str:
     if not study.analysis.compare:
         lines += ["", "# [[analysis.compare]]  # a paired comparison, e.g.", '# keys = ["input/intgrad", "final/gradcam"]',
                   '# setting = "gridpg"']
-    for title, section in (("compute", study.compute), ("launcher", study.launcher)):
+    for title, section in (("sanity", study.sanity), ("compute", study.compute), ("launcher", study.launcher)):
         lines += ["", f"[{title}]", f"# {type(section).__doc__.splitlines()[0]}", *_lines(section)]
     return "\n".join(lines) + "\n"

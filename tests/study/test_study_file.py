@@ -314,3 +314,22 @@ def test_run_the_preset_and_the_shipped_file_are_one_study(tmp_path):
     copy.write_text(shipped.read_text())
     assert open_study("digits") == open_study(copy) == open_study(str(copy))
     assert open_study("digits").text == shipped.read_text()
+
+
+def test_a_study_file_reaches_the_sanity_checks(mini):
+    """[sanity] runs the model-randomisation check over the chosen keys, into the summary."""
+    text = MINI.replace('methods = ["grad", "gradcam"]\n', 'methods = ["grad", "gradcam"]\n\n[sanity]\nmodes = ["cascading"]\n'
+                        'layers = ["input"]\nmethods = ["grad", "random"]\n', 1)
+    text = text.replace('settings = ["gridpg", "difull"]', 'settings = ["gridpg"]', 1).replace(
+        '[[analysis.compare]]\nsetting = "gridpg"\nkeys = ["input/grad", "final/gradcam"]\n', '')
+    (mini / "mini.toml").write_text(text)
+    result = runner.invoke(app, ["run", "mini.toml", "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = Path(json.loads(result.stdout)["summary"]).read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in summary.splitlines() if line.startswith("| gridpg/")}
+    assert set(rows) == {"gridpg/small-vgg/input/grad", "gridpg/small-vgg/input/random"}
+    assert "| cascading |" in rows["gridpg/small-vgg/input/random"] and "| 1.00" in rows["gridpg/small-vgg/input/random"]
+    broken = text.replace('methods = ["grad", "random"]', 'methods = ["grad", "randon"]')
+    (mini / "mini.toml").write_text(broken)
+    result = runner.invoke(app, ["run", "mini.toml"])
+    assert result.exit_code == 2 and "mini.toml: sanity.methods[1]: unknown method 'randon'" in result.output
