@@ -113,15 +113,32 @@ def colour_map(values: np.ndarray) -> np.ndarray:
     return colormaps[MAP_CMAP](Normalize(0.0, 1.0)(values), bytes=True)
 
 
+def fill_gaps(row: np.ndarray, panels: list[tuple[int, int]]) -> None:
+    """Fill the columns between ``panels`` (``(start, stop)`` column spans, left to right) with
+    the panels' edge columns, half from each side, in place. The filter that resamples the row
+    then blends a panel's edge with its own colours, not with the gap; the figure covers the
+    gaps in white."""
+    for (_, stop), (start, _) in zip(panels, panels[1:]):
+        middle = stop + (start - stop) // 2
+        row[:, stop:middle] = row[:, stop - 1 : stop]
+        row[:, middle:start] = row[:, start : start + 1]
+
+
 def compose_row(bins: np.ndarray, gap: int) -> np.ndarray:
-    """One key's bin maps (6, S, S) side by side as one RGBA image (S, 6·S + 5·gap, 4), with
-    ``gap`` white pixel columns between bins: the row is drawn with one ``imshow``."""
+    """One key's bin maps (6, S, S) side by side as one RGBA image (S, 6·S + 5·gap, 4), ``gap``
+    pixel columns apart (filled by :func:`fill_gaps`): the row is drawn with one ``imshow``."""
     size = bins.shape[-1]
     row = np.full((size, len(bins) * size + (len(bins) - 1) * gap, 4), 255, dtype=np.uint8)
     for b, values in enumerate(bins):
         x = b * (size + gap)
         row[:, x : x + size] = colour_map(values)
+    fill_gaps(row, [(b * (size + gap), b * (size + gap) + size) for b in range(len(bins))])
     return row
+
+
+def cover(ax, gaps: list[Rectangle]) -> None:
+    """White over the gaps between panels (above the row images, below frames and outlines)."""
+    ax.add_collection(PatchCollection(gaps, facecolor="white", edgecolor="none", zorder=0.5))
 
 
 @dataclass(frozen=True)
@@ -175,9 +192,9 @@ def build_aggatt(*, aggatt_paths: list[Path]) -> Figure:
     fig = fixed_figure(*geometry.size(width, len(rows)))
     size = max(item.bins.shape[-1] for item in rows)
     per_inch = size / geometry.panel  # data units (pixels of the largest map) per inch
-    gap, step = gap_in * per_inch, (geometry.panel + geometry.row_gap) * per_inch
+    gap, step = int(round(gap_in * per_inch)), (geometry.panel + geometry.row_gap) * per_inch
     ax = map_axes(fig, geometry, width, (bins * size + (bins - 1) * gap, (len(rows) - 1) * step + size))
-    frames, outlines = [], []
+    frames, outlines, gaps = [], [], []
     for r, item in enumerate(rows):
         y, own = r * step, item.bins.shape[-1]
         scale = size / own  # a smaller map (another model's grids) is shown at the same size
@@ -185,12 +202,14 @@ def build_aggatt(*, aggatt_paths: list[Path]) -> Figure:
                   extent=(0, (bins * own + (bins - 1) * round(gap / scale)) * scale, y + size, y))
         for b in range(bins):
             x = b * (size + gap)
+            gaps += [Rectangle((x + size, y), gap, size)] if b < bins - 1 else []
             frames.append(Rectangle((x, y), size, size))
             outlines.append(cell_box(item.cell, item.n, size, x, y))
             if item.counts[b] == 0:
                 ax.text(x + size / 2, y + size / 2, "empty", ha="center", va="center",
                         color="white", fontsize=8)
         ax.text(-0.1 * per_inch, y + size / 2, labels[r], ha="right", va="center", fontsize=8)
+    cover(ax, gaps)
     for boxes, colour, width in ((frames, "black", 0.8), (outlines, OUTLINE, 1.4)):
         ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor=colour,
                                           linewidth=width, clip_on=False))

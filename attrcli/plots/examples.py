@@ -21,7 +21,17 @@ from matplotlib.patches import Rectangle
 
 from attrcli.errors import UserError
 from attrcli.metrics.localization import upsample_positive
-from attrcli.plots.aggatt import Geometry, cell_box, colour_map, label_width, map_axes, row_label, sort_rows
+from attrcli.plots.aggatt import (
+    Geometry,
+    cell_box,
+    colour_map,
+    cover,
+    fill_gaps,
+    label_width,
+    map_axes,
+    row_label,
+    sort_rows,
+)
 from attrcli.plots.common import BIN_LABELS, OUTLINE, as_stage, fixed_figure, save_figure
 from attrcli.store import ArtifactKey, file_hash, read_artifact, read_provenance
 from attrcli.store.keys import GridFileKey
@@ -163,9 +173,9 @@ def _side(item: ExampleRow) -> int:
 
 
 def compose_examples(item: ExampleRow, gap: int, bin_gap: int) -> tuple[np.ndarray, list[int]]:
-    """One key's examples as one RGB image: per bin the grid image, ``gap`` white columns, the
-    map (coloured 0 to 1), then ``bin_gap`` white columns; an empty bin stays white. Returns the
-    image and each bin's first column."""
+    """One key's examples as one RGB image: per bin the grid image, ``gap`` columns, the map
+    (coloured 0 to 1), then ``bin_gap`` columns (the gaps filled by :func:`fill_gaps`); an empty
+    bin stays white. Returns the image and each bin's first column."""
     size = _side(item)
     bins = len(BIN_LABELS)
     width = bins * (2 * size + gap) + (bins - 1) * bin_gap
@@ -176,6 +186,7 @@ def compose_examples(item: ExampleRow, gap: int, bin_gap: int) -> tuple[np.ndarr
             continue
         row[:, x : x + size] = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
         row[:, x + size + gap : x + 2 * size + gap] = colour_map(shown)[..., :3]
+    fill_gaps(row, [(left, left + size) for x in starts for left in (x, x + size + gap)])
     return row, starts
 
 
@@ -199,12 +210,15 @@ def build_examples(*, aggatt_paths: list[Path], grid_file: Path | None = None) -
     step = (geometry.panel + geometry.row_gap) * per_inch
     total = bins * (2 * size + gap) + (bins - 1) * bin_gap
     ax = map_axes(fig, geometry, width, (total, (len(rows) - 1) * step + size))
-    frames, outlines = [], []
+    frames, outlines, gaps = [], [], []
     for r, item in enumerate(rows):
         y = r * step
         row, starts = compose_examples(item, gap, bin_gap)
         ax.imshow(row, interpolation="antialiased", extent=(0, total, y + size, y))
         for b, x in enumerate(starts):
+            gaps.append(Rectangle((x + size, y), gap, size))
+            if b < bins - 1:
+                gaps.append(Rectangle((x + 2 * size + gap, y), bin_gap, size))
             if item.images[b] is None:
                 ax.text(x + size + gap / 2, y + size / 2, "empty bin", ha="center", va="center",
                         fontsize=7, color="0.4")
@@ -215,6 +229,7 @@ def build_examples(*, aggatt_paths: list[Path], grid_file: Path | None = None) -
             ax.text(x + 1.5 * size + gap, y - 0.03 * per_inch, f"score {item.scores[b]:.2f}",
                     ha="center", va="bottom", fontsize=7)
         ax.text(-0.1 * per_inch, y + size / 2, labels[r], ha="right", va="center", fontsize=8)
+    cover(ax, gaps)
     for boxes, colour, width in ((frames, "black", 0.8), (outlines, OUTLINE, 1.4)):
         ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor=colour,
                                           linewidth=width, clip_on=False))

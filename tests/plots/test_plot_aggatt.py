@@ -26,7 +26,7 @@ def _texts(ax) -> list[str]:
 def _outlines(fig) -> list:
     """The target-cell outlines (red), in row-major order of the panels."""
     (collection,) = [c for c in fig.axes[0].collections
-                     if tuple(c.get_edgecolor()[0][:3]) == to_rgb(OUTLINE)]
+                     if len(c.get_edgecolor()) and tuple(c.get_edgecolor()[0][:3]) == to_rgb(OUTLINE)]
     return [path.get_extents() for path in collection.get_paths()]
 
 
@@ -58,8 +58,16 @@ def test_each_row_image_is_its_bins_on_one_colour_scale(study):
         block = row[:, b * (size + gap) : b * (size + gap) + size]
         values = np.clip(artifact.data["bins"][b] / artifact.attrs["normaliser"], 0, 1)
         np.testing.assert_array_equal(block, cmap(values, bytes=True))
-        if b < 5:
-            assert (row[:, b * (size + gap) + size : (b + 1) * (size + gap)] == 255).all()
+        if b < 5:  # the gap repeats the edges (the resampling filter sees no white) ...
+            left, right = b * (size + gap) + size, (b + 1) * (size + gap)
+            half = left + gap // 2
+            assert (row[:, left:half] == row[:, left - 1 : left]).all()
+            assert (row[:, half:right] == row[:, right : right + 1]).all()
+    # ... and is covered in white: 5 gaps per row, between the bins.
+    (white,) = [c for c in fig.axes[0].collections if len(c.get_facecolor()) and tuple(c.get_facecolor()[0]) == (1, 1, 1, 1)]
+    spans = sorted((p.get_extents().x0, p.get_extents().x1) for p in white.get_paths())[::4]
+    assert len(white.get_paths()) == 5 * 4
+    assert spans == [(b * (size + gap) + size, (b + 1) * (size + gap)) for b in range(5)]
     np.testing.assert_array_equal(compose_row(np.zeros((6, 2, 2)), 1)[:, :2], cmap(np.zeros((2, 2)), bytes=True))
 
 
