@@ -75,7 +75,7 @@ def _base_method(method: str) -> bool:
     return not _spec(method).startswith(("s-", "smoothgrad-"))
 
 
-def plan_figures(*, study, report_dir: Path, fmt: str, scores: list[Path], aggatts: list[Path],
+def plan_figures(*, study, fmt: str, scores: list[Path], aggatts: list[Path],
                  correlations: list[Path]) -> list[FigurePlan]:
     """The figures the given artifacts make: box plots of the base methods, AggAtt per model and
     setting, median examples (GridPG) at the study's shallowest and deepest layer, one
@@ -250,8 +250,8 @@ def draw_figures(*, study, report_dir: Path, fmt: str, scores: list[Path], aggat
 
     fmt = check_format(fmt)
     report_dir = Path(report_dir)
-    plans = plan_figures(study=study, report_dir=report_dir, fmt=fmt, scores=scores,
-                         aggatts=aggatts, correlations=correlations)
+    plans = plan_figures(study=study, fmt=fmt, scores=scores, aggatts=aggatts,
+                         correlations=correlations)
     manifest_path = report_dir / MANIFEST
     old = _read_manifest(manifest_path)
     hashes = _Hashes(old.get("files", {}))

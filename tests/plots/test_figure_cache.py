@@ -164,18 +164,18 @@ def test_missing_parts_are_left_out(tmp_path):
                             layers=("input",), smoothing_settings=("gridpg",))
     scores = [key("scores", "gridpg", "input", m) for m in ("grad", "intgrad", "ixg")]
     aggatts = [key("aggatt", "gridpg", "input", m) for m in ("grad", "ixg")]
-    plans = plan_figures(study=study, report_dir=tmp_path, fmt="png", scores=scores,
+    plans = plan_figures(study=study, fmt="png", scores=scores,
                          aggatts=aggatts, correlations=[])
     assert [p.name for p in plans] == ["boxes.png", "aggatt-gridpg-digits-vgg11.png",
                                        "examples-gridpg-digits-vgg11-input.png"]
     smoothed = scores + [key("scores", "gridpg", "input", "s-ixg:k=3")]
-    plans = plan_figures(study=study, report_dir=tmp_path, fmt="png", scores=smoothed,
+    plans = plan_figures(study=study, fmt="png", scores=smoothed,
                          aggatts=[], correlations=[])
     assert [p.name for p in plans] == ["boxes.png", "smoothing.png"]
     assert plans[1].options == {"reference": "input/gradcam", "layer": "input"}
     assert str(smoothed[-1]) in plans[1].paths and str(smoothed[-1]) not in plans[0].paths
     study.figures = ("smoothing",)  # a study file that asks for the sweep alone
-    assert [p.name for p in plan_figures(study=study, report_dir=tmp_path, fmt="png", scores=smoothed,
+    assert [p.name for p in plan_figures(study=study, fmt="png", scores=smoothed,
                                          aggatts=aggatts, correlations=[])] == ["smoothing.png"]
 
 
