@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from attrcli.cli.app import command, emit, err, progress_bar, split_list
-from attrcli.cli.options import writable_folder
+from attrcli.cli.options import study_weights, writable_folder
 from attrcli.names import DATASETS
 from attrcli.names import GRID_VARIANTS as VARIANTS
 
@@ -21,6 +21,12 @@ def _summary(path: Path, status: str) -> dict:
     keys = ("dataset", "variant", "n", "cell_size", "count", "reused", "confident", "pool_size",
             "models", "min_conf", "seed")
     return {"path": str(path), "status": status, **{k: attrs.get(k) for k in keys}}
+
+
+def _default_models(dataset: str) -> list[str]:
+    from attrcli.data.datasets import DATASETS
+
+    return list(DATASETS.get(dataset).models)
 
 
 @command("make-grids")
@@ -50,6 +56,9 @@ def make_grids_command(
     per_model: Annotated[bool, typer.Option(
         "--per-model", help="Filter for each model separately and write one file per model "
         "(default: one joint filter, so all models see the same grids).")] = False,
+    weights: Annotated[list[str], typer.Option(
+        "--weights", help="MODEL=FILE weights (.pth or .safetensors) of a filtering model instead of "
+        "its default ones (repeatable; FILE alone with one model).")] = [],  # noqa: B006 - typer's repeatable default
     seed: Annotated[int, typer.Option(help="Random seed: the same arguments give the same file.")] = 0,
     out_dir: Annotated[Path, typer.Option(help="Folder for the grid files.", callback=writable_folder)] = Path("data/grids"),
     cache_dir: Annotated[Path, typer.Option(
@@ -87,6 +96,8 @@ def make_grids_command(
             per_model=per_model, seed=seed, out_dir=out_dir, cache_dir=cache_dir,
             device=resolve_device(device), download=download, force=force, wait=wait,
             batch_size=batch_size, progress=progress, report=report,
+            weights=study_weights(weights, split_list(models) if models is not None else _default_models(dataset))
+            if weights else None,
         )
     if as_json:
         typer.echo(json.dumps([_summary(p, statuses.get(p, "")) for p in paths], indent=2))

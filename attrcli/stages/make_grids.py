@@ -38,11 +38,14 @@ Report = Callable[[Path, str], None]
 
 
 def load_models(names: Sequence[str], *, device: str, cache_dir: Path,
-                progress: Progress | None = None) -> list:
-    """Model adapters from the model registry (the digits models train on first use)."""
+                progress: Progress | None = None, weights: dict[str, str] | None = None) -> list:
+    """Model adapters from the model registry (the digits models train on first use), with
+    ``weights`` (model -> file, ``.pth`` or ``.safetensors``) where given."""
     from attrcli.models import create_model
 
-    return [create_model(name, device=device, cache_dir=cache_dir, progress=progress) for name in names]
+    weights = weights or {}
+    return [create_model(name, weights=weights.get(name), device=device, cache_dir=cache_dir, progress=progress)
+            for name in names]
 
 
 @dataclass
@@ -129,6 +132,7 @@ def make_grids(
     progress: Progress | None = None,
     report: Report | None = None,
     dry_run: bool = False,
+    weights: dict[str, str] | None = None,
 ) -> list[Path]:
     """Build grid files ``<out_dir>/<name>.h5`` (docs/artifacts.md), one per variant, and with
     ``per_model`` one per variant and model; return their paths.
@@ -138,6 +142,8 @@ def make_grids(
     confident pool fills without reuse. A file whose config and inputs (weights hashes, pool
     labels) are unchanged is kept unless ``force``. Every check runs before anything is written.
     ``dry_run`` writes nothing: ``report`` hears ``"to build"`` or ``"up to date"`` per file.
+    ``weights`` (model -> file) are the filter's models' weights instead of their default ones;
+    their hashes are the file's inputs, so other weights make another file's content.
     """
     variants = resolve_variants(variant)
     _check_numbers(n=n, count=count, min_conf=min_conf, seed=seed, batch_size=batch_size,
@@ -155,7 +161,14 @@ def make_grids(
     for v in variants:
         check_classes(pool.labels, dataset=dataset, variant=v, n=n)
 
-    adapters = load_models(names, device=str(device), cache_dir=Path(cache_dir), progress=progress)
+    unknown = sorted(set(weights or {}) - set(names))
+    if unknown:
+        raise UserError(f"--weights for {unknown[0]}, which is not among the models {', '.join(names)}")
+    from attrcli.models.registry import check_weights
+
+    for name, file in (weights or {}).items():
+        check_weights(name, file)
+    adapters = load_models(names, device=str(device), cache_dir=Path(cache_dir), progress=progress, weights=weights)
     by_name = dict(zip(names, adapters))
     _check_models(names, adapters, pool=pool, cell_size=cell_size, joint=not per_model)
 

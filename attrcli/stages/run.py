@@ -231,8 +231,15 @@ def _grids(planned: StudyPlan, data_dir: Path, cache_root: Path, force: bool, pr
                 count=g.count_distinct if source.variant == "distinct" else g.count_corners,
                 cell_size=g.cell_size, min_conf=g.min_conf, models=list(source.models), seed=g.seed,
                 out_dir=data_dir, cache_dir=cache_root, device=planned.device, force=force, progress=progress,
+                weights=_weights_of(study, source.models),
             )
     return out
+
+
+def _weights_of(study: Study, models: tuple[str, ...]) -> dict[str, str] | None:
+    """The study's weight files of ``models`` (None: every model's default)."""
+    given = {m.name: m.weights for m in study.models if m.name in models and m.weights is not None}
+    return given or None
 
 
 def _attribute_all(requests: list[AttributeRequest], planned: StudyPlan,

@@ -75,6 +75,7 @@ def _grid_statuses(planned: StudyPlan, cache_root: Path, force: bool) -> dict[Pa
                        count=g.count_distinct if source.variant == "distinct" else g.count_corners,
                        cell_size=g.cell_size, min_conf=g.min_conf, models=list(source.models), seed=g.seed,
                        out_dir=source.path.parent, cache_dir=cache_root, device="cpu", dry_run=True,
+                       weights={m.name: m.weights for m in study.models if m.name in source.models and m.weights} or None,
                        report=lambda path, status: seen.__setitem__(Path(path), status))
             out[source.path] = seen.get(source.path, "to build")
     return out

@@ -191,3 +191,35 @@ def test_real_digits_models_end_to_end(tmp_path, digits_cache):
             assert (probs.argmax(1) == labels).all()
             assert (probs.gather(1, labels[:, None]) >= 0.99).all()
         assert len(np.unique(art.data["sources"])) == art.data["sources"].size
+
+
+def test_the_confidence_filter_loads_the_given_weights(tmp_path, monkeypatch):
+    """`make-grids --weights MODEL=FILE` (a .safetensors file here) filters with those weights:
+    checked first, then loaded for the filter; a misfit file exits 2 and writes nothing."""
+    import attrcli.models as models
+    from safetensors.torch import save_file
+
+    from tests.study.plugin_models import small_vgg
+
+    monkeypatch.chdir(tmp_path)
+    state = {k: v.contiguous() for k, v in small_vgg().module.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    seen = []
+    real = models.create_model
+
+    def spy(name, **kw):
+        seen.append((name, kw.get("weights")))
+        raise SystemExit(0)  # the filter would run next
+
+    monkeypatch.setattr(models, "create_model", spy)
+    runner = CliRunner()
+    result = runner.invoke(app, ["make-grids", "--models", "tests.study.plugin_models:small_vgg",
+                                 "--weights", "w.safetensors"])
+    assert seen == [("tests.study.plugin_models:small_vgg", "w.safetensors")], result.output
+    monkeypatch.setattr(models, "create_model", real)
+    bad = {k: v[..., :1].contiguous() if v.ndim == 4 else v for k, v in state.items()}
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    result = runner.invoke(app, ["make-grids", "--models", "tests.study.plugin_models:small_vgg",
+                                 "--weights", "bad.safetensors"])
+    assert result.exit_code == 2 and "shape" in result.output and len(result.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors", "w.safetensors"]
