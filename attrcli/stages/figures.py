@@ -105,14 +105,20 @@ def plan_figures(*, study, fmt: str, scores: list[Path], aggatts: list[Path],
             chosen = [(k, p) for k, p in keyed if (k.model, k.setting, k.layer) == (model, "gridpg", layer)
                       and _base_method(k.method)]
             if chosen:
-                maps = [k.sibling("attributions", p) for k, p in chosen]
-                out.append(plan(f"examples-gridpg-{model}-{layer}", "examples", [p for _, p in chosen], maps))
+                # the maps it shows (one found elsewhere, by the path an AggAtt records, is
+                # still covered by the AggAtt's provenance: the attribution's content hash)
+                maps = [m for m in (k.sibling("attributions", p) for k, p in chosen) if m.is_file()]
+                out.append(plan(f"examples-gridpg-{model}-{layer}", "examples",
+                                [p for _, p in chosen], maps))
     for path in correlations:
         out.append(plan(f"correlation-{CorrelationKey.from_path(path).name}", "correlation", [path]))
     reference = f"{layers[-1]}/gradcam" if layers else "final/gradcam"
-    sweep = [(k, p) for k, p in scored if k.setting in study.smoothing_settings and (
-        (k.layer == "input" and (_spec(k.method).split(":")[0] in _SWEPT or _spec(k.method).startswith("smoothgrad-")))
-        or f"{k.layer}/{_spec(k.method)}" == reference)]
+    def swept(k: ArtifactKey) -> bool:
+        spec = _spec(k.method)
+        at_input = k.layer == "input" and (spec.split(":")[0] in _SWEPT or spec.startswith("smoothgrad-"))
+        return k.setting in study.smoothing_settings and (at_input or f"{k.layer}/{spec}" == reference)
+
+    sweep = [(k, p) for k, p in scored if swept(k)]
     if any(_spec(k.method).split(":")[0] in _SMOOTHED for k, _ in sweep):
         out.append(plan("smoothing", "smoothing", [p for _, p in sweep], reference=reference, layer="input"))
     wanted = tuple(getattr(study, "figures", ()) or ())  # a study file's choice; none: all
