@@ -167,16 +167,40 @@ def run_study(
 
 def _html(study: Study, record: dict[str, Any], report_dir: Path, scores: list[Path], figures: list[Path],
           correlations: list[Path], comparisons: list[Path], aggatts: list[Path]) -> Path:
-    """``reports/<study>/index.html`` (:mod:`attrcli.stages.html`) beside the summary."""
+    """``reports/<study>/index.html`` (:mod:`attrcli.stages.html`) beside the summary, rendered
+    only when the study record or a file it shows changed (their size, inode, mtime and ctime,
+    kept in ``.index.inputs`` beside it): a warm run reads none of the artifacts again."""
+    import os
+
     from attrcli.metrics.summary import summarize
     from attrcli.stages.html import provenance_of, write_html
+    from attrcli.store import content_hash
+    from attrcli.store.files import write_bytes
 
+    def identity(path: Path) -> list[int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+    out, marker = report_dir / "index.html", report_dir / ".index.inputs"
+    shown_files = [*scores, *figures, *correlations, *comparisons, *aggatts]
+    fingerprint = content_hash(json.dumps(record, sort_keys=True, default=str),
+                               [[str(p), identity(p)] for p in shown_files], identity(out))
+    if out.is_file() and marker.is_file() and marker.read_text() == fingerprint:
+        return out
     shown = {"study file": record["source"], "study file sha256": record["sha256"],
              "CLI overrides": record["overrides"] or "none", "attrcli": record["attrcli"],
              **provenance_of(scores), "study file text": record["text"]}
-    return write_html(report_dir=report_dir, title=f"attrcli study: {study.name}", provenance=shown,
+    write_html(report_dir=report_dir, title=f"attrcli study: {study.name}", provenance=shown,
                       summary_rows=summarize(scores), figures=figures, correlations=correlations,
                       comparisons=comparisons, aggatts=aggatts, description=study.description)
+    fingerprint = content_hash(json.dumps(record, sort_keys=True, default=str),
+                               [[str(p), identity(p)] for p in shown_files], identity(out))
+    if not marker.is_file() or marker.read_text() != fingerprint:
+        write_bytes(marker, fingerprint.encode(), what="report")
+    return out
 
 
 def _sanity(planned: StudyPlan, grid_files: dict[Path, Path], bootstrap, progress: Progress | None) -> list:

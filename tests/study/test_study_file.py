@@ -271,6 +271,13 @@ def test_a_custom_study_runs_what_its_dry_run_lists_and_reports_exactly_its_part
     names = sorted(Path(f).name for f in report["figures"])
     assert names == ["aggatt-difull-small-vgg.png", "aggatt-gridpg-small-vgg.png", "boxes.png"]
 
+    # A rerun with nothing changed writes nothing in the report folder.
+    report_dir = Path(report["summary"]).parent
+    before = _tree(report_dir)
+    again = runner.invoke(app, ["run", "mini.toml", "--json", "--quiet", "--device", "cpu"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["computed_keys"] == []
+    assert _tree(report_dir) == before
+
     # Editing one method's parameter recomputes that key alone, in both settings.
     (mini / "mini.toml").write_text(MINI.replace("intgrad:steps=4", "intgrad:steps=6"))
     plan = _dry(["mini.toml"])
