@@ -9,7 +9,10 @@ file cache and attrcli's weights-hash cache), split into
 - *key compute*: :func:`attrcli.engine.attribute.compute_maps`, timed inside the child;
 - *fixed cost*: the rest (interpreter start, imports, validation, building the model and loading
   its weights, hashing them, reading the grid, writing the artifact);
-- ``python -c 'import torch'`` beside it, for scale.
+- ``python -c 'import torch'`` beside it, for scale;
+- the same call *in one process* as ``bench_study.py`` makes its per-key calls (``attrcli.cli.main``
+  called again and again, the model a memoised ``_study_models`` factory with random weights):
+  median of ``2·repeat + 1`` calls after a warm one.
 
 ``--source DIR`` (repeatable) runs the same calls against other checkouts of attrcli (for
 example ``git archive <commit> | tar -x -C DIR``) in the same run, so before/after is a ratio
@@ -58,6 +61,48 @@ except SystemExit as exc:
 finally:
     print("COMPUTE", spent[0], file=sys.stderr)
 """
+
+
+INPROC = r"""
+import sys, time, json, os
+sys.path.insert(0, os.environ["BENCH_DIR"])
+import torch
+torch.set_num_threads(1)
+import attrcli.engine.attribute as engine
+spent = [0.0]
+real = engine.compute_maps
+def timed(*a, **k):
+    start = time.process_time()
+    try:
+        return real(*a, **k)
+    finally:
+        spent[0] += time.process_time() - start
+engine.compute_maps = timed
+import bench_study
+args = json.loads(os.environ["BENCH_ARGS"])
+bench_study.cli(args)  # warm: imports, first-use costs
+calls = []
+for _ in range(int(os.environ["BENCH_REPEAT"])):
+    spent[0] = 0.0
+    start = time.process_time()
+    bench_study.cli(args)
+    calls.append((time.process_time() - start, spent[0]))
+calls.sort()
+cpu, compute = calls[len(calls) // 2]
+print("INPROC", cpu, compute)
+"""
+
+
+def in_process(source: Path, args: list[str], repeat: int) -> dict[str, float]:
+    """``bench_study.py``'s per-key call in one process (the model a memoised factory, the
+    interpreter and imports paid once): median CPU-s of a call and of its compute."""
+    env = {**os.environ, "PYTHONPATH": str(source), "ATTRCLI_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "BENCH_ARGS": json.dumps(args), "BENCH_REPEAT": str(repeat), "BENCH_DIR": str(Path(__file__).parent)}
+    done = subprocess.run([sys.executable, "-c", INPROC], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"in-process calls failed: {done.stderr.strip().splitlines()[-1:]}")
+    cpu, compute = (float(v) for v in done.stdout.split("INPROC", 1)[1].split())
+    return {"call_cpu_s": cpu, "compute_cpu_s": compute, "fixed_cpu_s": cpu - compute}
 
 
 def child_cpu(args: list[str], env: dict[str, str], *, code: str = CHILD) -> tuple[float, float]:
@@ -119,14 +164,26 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "ATTRCLI_THREADS": "1", "OMP_NUM_THREADS": "1"}
         torch_cpu = statistics.median(child_cpu([], env, code="import torch")[0] for _ in range(args.repeat))
         rows = {str(source): measure(source, call, args.repeat) for source in sources}
+        import _study_models
+
+        study = ["attribute", "--grids", str(grid), "--setting", args.setting,
+                 "--model", _study_models.spec(_study_models.model_name(args.model, args.cell_size)),
+                 "--layer", "final", "--method", "grad", "--device", "cpu", "--batch-size", "8",
+                 "--cache-dir", str(work / "cache-inproc"), "--force", "--quiet"]
+        inproc = {str(source): in_process(source, study, 2 * args.repeat + 1) for source in sources}
     report = {"model": args.model, "cell_size": args.cell_size, "setting": args.setting, "repeat": args.repeat,
-              "import_torch_cpu_s": torch_cpu, "load_average": os.getloadavg(), "sources": rows}
+              "import_torch_cpu_s": torch_cpu, "load_average": os.getloadavg(), "sources": rows,
+              "in_process": inproc}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "bench_fixed_cost.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["| attrcli | call CPU-s | key compute CPU-s | fixed cost CPU-s |", "|---|---:|---:|---:|"]
     for source, row in rows.items():
         lines.append(f"| {source} | {row['call_cpu_s']:.2f} | {row['compute_cpu_s']:.2f} | {row['fixed_cpu_s']:.2f} |")
     lines.append(f"| `python -c 'import torch'` | {torch_cpu:.2f} | | |")
+    lines += ["", "In one process (bench_study.py's per-key call):", "",
+              "| attrcli | call CPU-s | key compute CPU-s | fixed cost CPU-s |", "|---|---:|---:|---:|"]
+    for source, row in inproc.items():
+        lines.append(f"| {source} | {row['call_cpu_s']:.3f} | {row['compute_cpu_s']:.3f} | {row['fixed_cpu_s']:.3f} |")
     print("\n".join(lines))
     return 0
 

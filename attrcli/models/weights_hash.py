@@ -25,7 +25,7 @@ import torch
 
 from attrcli.models.adapter import ModelAdapter
 from attrcli.store import content_hash
-from attrcli.store.hashcache import Snapshot, cached_hash, snapshot
+from attrcli.store.hashcache import Snapshot, cached_hash, lookup, snapshot
 
 HASHED = "state_dict_hash-1"  # what the cache keeps: bump when state_dict_hash's definition changes
 RANDOM = "random"
@@ -69,3 +69,17 @@ def with_hash(adapter: ModelAdapter, value: str) -> ModelAdapter:
     if adapter.weights_hash == value:
         return adapter
     return dataclasses.replace(adapter, weights_hash=value)
+
+
+def known_weights_hash(
+    preview: ModelAdapter, *, model: str, weights: str | Path | None, cache_dir: Path | str
+) -> str | None:
+    """The ``weights_hash`` a weights file would give model ``model`` once loaded, from the cache
+    alone (no loading), or None when it is not cached (or ``weights`` is not a file).
+    ``preview``: the model's adapter on the meta device; its state has the loaded model's names,
+    dtypes and shapes. An entry exists only for a file that was loaded into ``model`` before."""
+    before = weights_snapshot(weights)
+    if before is None or before.identity is None:
+        return None
+    kind = f"{HASHED}/{model}/{structure(preview.module.state_dict())}"
+    return lookup(cache_dir, kind, before.identity)

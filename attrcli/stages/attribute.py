@@ -23,6 +23,7 @@ from attrcli.engine.attribute import batch_macs, computing, run_setting
 from attrcli.engine.precision import check_device, provenance
 from attrcli.errors import TaskError, UserError
 from attrcli.models import ModelAdapter, create_model, state_dict_hash
+from attrcli.models.weights_hash import known_weights_hash
 from attrcli.progress import Progress
 from attrcli.stages.plan import (
     AttributeRequest,
@@ -72,6 +73,9 @@ def run_attribute(request: AttributeRequest, *, progress: Progress | None = None
     preview = None if isinstance(model, ModelAdapter) else weightless(model)
     if preview is not None:  # a registered model: fail before any weights are loaded or trained
         plan(request, adapter=preview, grid_file=grid_file)
+        done = _known_up_to_date(request, preview, grid_file)
+        if done is not None:
+            return done
     adapter = model if isinstance(model, ModelAdapter) else create_model(
         model, weights=request.weights, device=dev, cache_dir=request.cache_root, progress=progress
     )
@@ -117,6 +121,22 @@ def run_attribute(request: AttributeRequest, *, progress: Progress | None = None
             if progress:
                 progress("derive", i + 1, len(derived))
     return results
+
+
+def _known_up_to_date(request: AttributeRequest, preview: ModelAdapter, grid_file: GridFile) -> list[AttributeResult] | None:
+    """Every key's result when all are up to date and the weights file's hash is known from the
+    weights-hash cache (:func:`attrcli.models.weights_hash.known_weights_hash`): the weights are
+    then neither built nor loaded. None otherwise (the call goes on as usual)."""
+    if request.force or isinstance(request.model, ModelAdapter):
+        return None
+    known = known_weights_hash(preview, model=request.model, weights=request.weights, cache_dir=request.cache_root)
+    if not known:
+        return None
+    preview.weights_hash = known
+    jobs = plan(request, adapter=preview, grid_file=grid_file, geometry=False).jobs
+    if not all(up_to_date(job) for job in jobs):
+        return None
+    return [AttributeResult(job.key, job.path, "up to date") for job in jobs]
 
 
 def write_maps(

@@ -174,3 +174,35 @@ def test_a_factory_vouches_only_for_its_own_hash(monkeypatch: pytest.MonkeyPatch
     torch.save(vouched.module.state_dict(), weights)
     loaded = create_model("test-vouched", weights=weights, cache_dir=tmp_path)
     assert loaded.weights_hash == state_dict_hash(vouched.module.state_dict())
+
+
+def test_up_to_date_keys_with_a_known_weights_file_load_no_weights(
+    tmp_path: Path, no_margin: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second ``attribute`` of the same keys with the same --weights FILE finds the weights'
+    hash in the cache and every key fresh: no model is built or loaded. After the file changes
+    (same size, mtime set back) the keys are computed again."""
+    from attrcli.stages import attribute as stage
+    from tests.engine.helpers import write_grids
+
+    grids = write_grids(tmp_path / "g.h5", count=1, cell=32)
+    state = registry.build_module(registry.MODELS.get("digits-vgg11")).state_dict()
+    weights = tmp_path / "w.pt"
+    torch.save(state, weights)
+    time.sleep(TICK)
+    request = dict(grids=grids, model="digits-vgg11", weights=weights, layers="final", methods="grad",
+                   cache_root=tmp_path / "cache")
+    assert [r.status for r in stage.attribute(**request)] == ["computed"]
+    built = []
+    real = stage.create_model
+    monkeypatch.setattr(stage, "create_model", lambda *a, **k: built.append(1) or real(*a, **k))
+    assert [r.status for r in stage.attribute(**request)] == ["up to date"]
+    assert built == []
+    before = os.stat(weights)
+    changed = {k: v.clone() for k, v in state.items()}
+    changed["classifier.6.bias"][0] += 1.0
+    torch.save(changed, weights)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    time.sleep(TICK)
+    assert [r.status for r in stage.attribute(**request)] == ["computed"]
+    assert built == [1]
