@@ -65,6 +65,11 @@ class FigureResult:
     def __getitem__(self, index):
         return self.paths[index]
 
+    def to_dict(self) -> dict:
+        """``{"figures": [...], "reused": [...], "redrawn": [...]}`` as strings (``--json``)."""
+        return {name: [str(p) for p in getattr(self, attr)]
+                for name, attr in (("figures", "paths"), ("reused", "reused"), ("redrawn", "redrawn"))}
+
 
 def _spec(method: str) -> str:
     return split_key_method(method)[0]

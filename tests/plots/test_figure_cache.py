@@ -80,6 +80,8 @@ def test_second_draw_writes_nothing_and_force_redraws_the_same_bytes(bench, help
     assert set(before) == {*NAMES, MANIFEST}
     second = _draw(bench)
     assert second.reused == first.paths and second.redrawn == ()
+    assert second.to_dict() == {"figures": [str(p) for p in first.paths],
+                                "reused": [str(p) for p in first.paths], "redrawn": []}
     assert _state(bench["report"]) == before  # not one file written: same mtimes, same bytes
     forced = _draw(bench, force=True)  # in this process
     assert forced.redrawn == first.paths
