@@ -96,9 +96,14 @@ def run_command(
     if as_json:
         typer.echo(json.dumps({"report": str(result.report_dir), "summary": str(result.summary), "html": str(result.html),
                                "figures": [str(f) for f in result.figures], "computed": result.computed,
-                               "computed_keys": result.computed_keys, "seconds": round(seconds, 1)}, indent=2))
+                               "computed_keys": result.computed_keys,
+                               "figures_redrawn": [str(f) for f in getattr(result.figures, "redrawn", ())],
+                               "figures_reused": [str(f) for f in getattr(result.figures, "reused", ())],
+                               "seconds": round(seconds, 1)}, indent=2))
         return
-    err.print(f"{result.computed} artifacts computed, {len(result.figures)} figures, {seconds:.0f} s")
+    redrawn = len(getattr(result.figures, "redrawn", result.figures))
+    err.print(f"{result.computed} artifacts computed, {len(result.figures)} figures ({redrawn} redrawn, "
+              f"{len(result.figures) - redrawn} reused), {seconds:.0f} s")
     err.print(result.summary.read_text(), highlight=False, markup=False)
     typer.echo(str(result.report_dir))
 

@@ -151,12 +151,13 @@ def run_study(
     sanity = _sanity(planned, grid_files, bootstrap, progress)
 
     say("figures")
-    from attrcli.stages.report import draw_figures, write_summary
+    from attrcli.stages.figures import draw_figures
+    from attrcli.stages.report import write_summary
 
     view = view_of(planned)
     variants = {g.variant: grid_files[g.path] for g in planned.grids}
     result.figures = draw_figures(study=view, report_dir=report_dir, fmt=a.format, scores=scores, aggatts=aggatts,
-                                  correlations=correlations, grid_files=variants)
+                                  correlations=correlations, grid_files=variants, force=force)
     record = provenance(study)
     write_summary(study=view, path=result.summary, scores=scores, correlations=correlations, figures=result.figures,
                   attributions=result.attributions, comparisons=comparisons, provenance=record, sanity=sanity)

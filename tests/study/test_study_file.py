@@ -276,6 +276,7 @@ def test_a_custom_study_runs_what_its_dry_run_lists_and_reports_exactly_its_part
     before = _tree(report_dir)
     again = runner.invoke(app, ["run", "mini.toml", "--json", "--quiet", "--device", "cpu"])
     assert again.exit_code == 0 and json.loads(again.stdout)["computed_keys"] == []
+    assert json.loads(again.stdout)["figures_redrawn"] == [] and len(json.loads(again.stdout)["figures_reused"]) == 3
     assert _tree(report_dir) == before
 
     # Editing one method's parameter recomputes that key alone, in both settings.
