@@ -161,7 +161,10 @@ def _panel_width(panel: list[ScoreSet]) -> float:
 
 def _median_interval(item: ScoreSet) -> tuple[tuple[float, float], float] | None:
     """The stored interval of ``item``'s median and its confidence level, if it has one."""
-    artifact = read_artifact(item.path)
+    try:
+        artifact = read_artifact(item.path, names=["intervals"])  # the one dataset it needs
+    except UserError:  # scored without intervals
+        return None
     bounds = stored_intervals(artifact).get("median")
     if bounds is None or not np.isfinite(bounds).all():
         return None
