@@ -99,12 +99,13 @@ def boxes_command(
     cache_dir: CacheDir = None,
     fmt: Format = None,
     out: Out = None,
+    pointing: Annotated[bool, typer.Option("--pointing", help="Mark each key's pointing-game hit rate (with its interval) beside its box.")] = False,
 ) -> None:
     """Box plots of localization scores per method and layer, a panel per setting and model (Fig. 9)."""
     out_path, fmt = figure_output("boxes", out, fmt)
     found = inputs(paths, grids, cache_dir, "scores", setting=setting, model=model,
                    layer=layer, method=method)
-    typer.echo(str(_plots().plot_boxes(score_paths=found, out=out_path, fmt=fmt)))
+    typer.echo(str(_plots().plot_boxes(score_paths=found, out=out_path, fmt=fmt, pointing=pointing)))
 
 
 @figure("aggatt")

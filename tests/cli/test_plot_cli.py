@@ -121,3 +121,12 @@ def test_unknown_figure_is_a_usage_error(study):
     result = runner.invoke(app, ["plot", "histogram"])
     assert result.exit_code == 2
     assert "No such command" in result.stderr
+
+
+def test_boxes_pointing_passes_the_flag_to_the_library(study, monkeypatch):
+    calls = []
+    monkeypatch.setattr("attrcli.plots.plot_boxes", lambda **kw: calls.append(kw) or kw["out"])
+    for args, expected in ((["--pointing"], True), ([], False)):
+        result = runner.invoke(app, ["plot", "boxes", "--grids", "toy", *args])
+        assert result.exit_code == 0, result.output
+        assert calls[-1]["pointing"] is expected
