@@ -59,7 +59,8 @@ except SystemExit as exc:
     if exc.code not in (0, None):
         raise
 finally:
-    print("COMPUTE", spent[0], file=sys.stderr)
+    import attrcli
+    print("COMPUTE", spent[0], attrcli.__file__, file=sys.stderr)
 """
 
 
@@ -89,7 +90,8 @@ for _ in range(int(os.environ["BENCH_REPEAT"])):
     calls.append((time.process_time() - start, spent[0]))
 calls.sort()
 cpu, compute = calls[len(calls) // 2]
-print("INPROC", cpu, compute)
+import attrcli
+print("INPROC", cpu, compute, attrcli.__file__)
 """
 
 
@@ -98,24 +100,30 @@ def in_process(source: Path, args: list[str], repeat: int) -> dict[str, float]:
     interpreter and imports paid once): median CPU-s of a call and of its compute."""
     env = {**os.environ, "PYTHONPATH": str(source), "ATTRCLI_THREADS": "1", "OMP_NUM_THREADS": "1",
            "BENCH_ARGS": json.dumps(args), "BENCH_REPEAT": str(repeat), "BENCH_DIR": str(Path(__file__).parent)}
-    done = subprocess.run([sys.executable, "-c", INPROC], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", INPROC], env=env, capture_output=True, text=True,
+                          cwd=tempfile.gettempdir())  # not the checkout: ``python -c`` puts the cwd first
     if done.returncode != 0:
         raise RuntimeError(f"in-process calls failed: {done.stderr.strip().splitlines()[-1:]}")
-    cpu, compute = (float(v) for v in done.stdout.split("INPROC", 1)[1].split())
+    cpu, compute, found = done.stdout.split("INPROC", 1)[1].split()
+    if not Path(found).resolve().is_relative_to(source):
+        raise RuntimeError(f"imported attrcli from {found}, not from {source}")
+    cpu, compute = float(cpu), float(compute)
     return {"call_cpu_s": cpu, "compute_cpu_s": compute, "fixed_cpu_s": cpu - compute}
 
 
-def child_cpu(args: list[str], env: dict[str, str], *, code: str = CHILD) -> tuple[float, float]:
+def child_cpu(args: list[str], env: dict[str, str], *, code: str = CHILD, source: Path | None = None) -> tuple[float, float]:
     """CPU seconds of one child process and the compute it reported (0 if none)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run([sys.executable, "-c", code], env={**env, "BENCH_ARGS": json.dumps(args)},
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=tempfile.gettempdir())  # the cwd would come first
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"call failed: {done.stderr.strip().splitlines()[-1:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    compute = [float(line.split()[1]) for line in done.stderr.splitlines() if line.startswith("COMPUTE ")]
-    return cpu, (compute[0] if compute else 0.0)
+    found = [line.split()[1:] for line in done.stderr.splitlines() if line.startswith("COMPUTE ")]
+    if found and source is not None and not Path(found[0][1]).resolve().is_relative_to(source):
+        raise RuntimeError(f"imported attrcli from {found[0][1]}, not from {source}")
+    return cpu, (float(found[0][0]) if found else 0.0)
 
 
 def setup(work: Path, model: str, cell: int) -> tuple[Path, Path]:
@@ -137,8 +145,8 @@ def setup(work: Path, model: str, cell: int) -> tuple[Path, Path]:
 
 def measure(source: Path, args: list[str], repeat: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(source), "ATTRCLI_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    child_cpu(args, env)  # untimed: OS file cache, weights-hash cache
-    runs = [child_cpu(args, env) for _ in range(repeat)]
+    child_cpu(args, env, source=source)  # untimed: OS file cache, weights-hash cache
+    runs = [child_cpu(args, env, source=source) for _ in range(repeat)]
     cpu = statistics.median(r[0] for r in runs)
     compute = statistics.median(r[1] for r in runs)
     return {"call_cpu_s": cpu, "compute_cpu_s": compute, "fixed_cpu_s": cpu - compute}
