@@ -101,6 +101,10 @@ def apply_overrides(study: Study, **options: Any) -> Study:
         section = sections[option]
         name = {"launcher": "kind"}.get(option, option)
         part = getattr(study, section)
+        check = next(f for f in dataclasses.fields(part) if f.name == name).metadata.get("check")
+        problem = check(value) if check is not None else None
+        if problem:
+            raise UserError(f"--{option.replace('_', '-')}: {problem}")
         study = dataclasses.replace(study, **{section: dataclasses.replace(part, **{name: value})})
     return dataclasses.replace(study, overrides=recorded)
 
