@@ -100,14 +100,16 @@ class BcosContribution(Method):
             return self._cells(ctx, cells if encode is None else encode(cells))
 
     def _connected(self, ctx: AttributionContext, encode: nn.Module | None) -> torch.Tensor:
-        """GridPG, DiPart: one forward per grid image, one backward per target."""
+        """GridPG, DiPart (and DiFull over every cell): one forward per grid image, one backward per
+        target."""
         a = ctx.activations if encode is None else encode(ctx.activations)
         maps = []
         for start in range(0, ctx.grids, ctx.batch_size):
             grid = torch.arange(start, min(start + ctx.batch_size, ctx.grids), device=ctx.device)
             rows = ctx.unit_rows(grid, a)
             _, gradients = ctx.target_gradients(rows, grid)  # (U, T, C, h, w)
-            maps.append((ctx.setting.to_map(rows)[:, None] * gradients).sum(2))
+            # DiFull run on every cell: one backward for all targets, each keeps its own cell
+            maps.append(ctx.select_cells(ctx.setting.to_map(rows)[:, None] * gradients).sum(2))
         return torch.cat(maps)
 
     def _cells(self, ctx: AttributionContext, cells: torch.Tensor) -> torch.Tensor:

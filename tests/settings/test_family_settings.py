@@ -129,7 +129,9 @@ def test_every_layer_is_a_map_that_tiles_the_grid(model):
             stitched = difull.to_map(difull.prefix(x, index))
             one = model.spatial(model.run_blocks(cells_of(x, 2)[3], -1, index))
             assert whole.dim() == 4 and whole.shape == stitched.shape, layer
-            torch.testing.assert_close(cells_of(stitched, 2)[3], one, rtol=0, atol=0)
+            # The stitched cell is the cell run alone, up to float64 rounding: batched attention
+            # matmuls may sum in another order for 4 cells than for 1 (seen as 4e-16 on some CPUs).
+            torch.testing.assert_close(cells_of(stitched, 2)[3], one, rtol=1e-12, atol=1e-13)
 
 
 def test_swin_blocks_are_its_own_channels_last_features_permuted():
