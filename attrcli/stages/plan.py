@@ -353,8 +353,9 @@ def _expected(job: Job) -> tuple[dict[str, Any], Any] | None:
 
     def recorded(prov: dict) -> dict:
         identity = dict(prov.get("config", {}).get("identity") or {})
-        stored_name = str(identity.get("method", "")).partition(":")[0]
-        identity["method"] = job.identity["method"] if stored_name == job.spec.name else None
+        stored = str(identity.get("method", ""))  # a plugin's name holds a colon: module:Class[:k=v]
+        same_name = stored == job.spec.name or stored.startswith(job.spec.name + ":")
+        identity["method"] = job.identity["method"] if same_name else None
         return {**prov, "config": {**prov.get("config", {}), "identity": identity}}
 
     return {"inputs": inputs, "config.identity": job.identity}, recorded
