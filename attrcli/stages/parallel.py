@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 __all__ = ["pending_jobs", "run_requests"]
 
 
-def pending_jobs(request: AttributeRequest, *, adapters: dict[Any, Any] | None = None) -> list:
-    """The jobs of ``request`` that are not up to date (all of them with ``force``), found as
+def pending_jobs(request: AttributeRequest, *, adapters: dict[Any, Any] | None = None) -> tuple[list, list]:
+    """The jobs of ``request``, and those not up to date (all of them with ``force``), found as
     ``attribute`` finds them: the model with its weights (kept in ``adapters`` for the next
     request), its weights hash, the plan and each artifact's freshness. Nothing is written; a
     digits model not yet trained is trained here, as ``attribute`` would train it."""
@@ -34,7 +34,7 @@ def pending_jobs(request: AttributeRequest, *, adapters: dict[Any, Any] | None =
             adapter.weights_hash = state_dict_hash(adapter.module.state_dict())
         adapters[key] = adapter
     jobs = plan(request, adapter=adapters[key], grid_file=load_grid_file(request.grids)).jobs
-    return jobs if request.force else [job for job in jobs if not up_to_date(job)]
+    return jobs, (jobs if request.force else [job for job in jobs if not up_to_date(job)])
 
 
 def _threads(count: int) -> None:

@@ -272,25 +272,33 @@ def _attribute_all(requests: list[AttributeRequest], planned: StudyPlan,
     """Every request's results, in order. Inline on a CPU with several usable cores, the requests
     with keys to compute run in parallel processes (:func:`jobs_for` of them, the cores shared
     out as torch threads), the smoothing requests after the ones they derive from; one such
-    request, or one core, runs here as ever. A launcher submits them one after another."""
+    request, or one core, runs here as ever. A request whose keys are all up to date loads
+    nothing more. A launcher submits them one after another."""
+    from attrcli.stages.parallel import pending_jobs
+    from attrcli.stages.plan import AttributeResult
+
     study = planned.study
     if study.launcher.kind != "inline" or getattr(planned.device, "type", "cpu") != "cpu":
         return [_attribute(r, study, progress) for r in requests]
-    pending = _pending(requests)
-    workers = jobs_for(sum(pending))
-    if workers < 2:
-        return [_attribute(r, study, progress) for r in requests]
-    from attrcli.stages.parallel import run_requests
-
+    adapters: dict = {}  # each model loaded once, as attribute loads it
+    jobs = [pending_jobs(r, adapters=adapters) for r in requests]
     out: list[list[AttributeResult] | None] = [None] * len(requests)
+    workers = jobs_for(sum(bool(todo) for _, todo in jobs))
     for wave in (False, True):  # the smoothing requests read what the others wrote
         chosen = [i for i, r in enumerate(requests) if _derived_only(r) == wave]
-        busy = [i for i in chosen if pending[i]]
-        for i, results in zip(busy, run_requests([requests[i] for i in busy], workers=workers, progress=progress)):
-            out[i] = results
+        if wave and any(out[i] and any(x.status != "up to date" for x in out[i]) for i in range(len(out))):
+            for i in chosen:  # their bases changed: ask again
+                jobs[i] = pending_jobs(requests[i], adapters=adapters)
+        busy = [i for i in chosen if jobs[i][1]]
+        if workers >= 2 and len(busy) >= 2:
+            from attrcli.stages.parallel import run_requests
+
+            for i, results in zip(busy, run_requests([requests[i] for i in busy], workers=workers, progress=progress)):
+                out[i] = results
         for i in chosen:
             if out[i] is None:
-                out[i] = _attribute(requests[i], study, progress)
+                out[i] = (_attribute(requests[i], study, progress) if jobs[i][1]
+                          else [AttributeResult(job.key, job.path, "up to date") for job in jobs[i][0]])
     return out
 
 
@@ -304,15 +312,6 @@ def jobs_for(pending: int) -> int:
     forced = os.environ.get("ATTRCLI_JOBS", "").strip()
     cores = int(forced) if forced.isdigit() and int(forced) >= 1 else usable_cores()
     return max(1, min(cores, pending))
-
-
-def _pending(requests: list[AttributeRequest]) -> list[bool]:
-    """Whether each request has a key to compute (each model loaded once, as ``attribute``
-    loads it; nothing written)."""
-    from attrcli.stages.parallel import pending_jobs
-
-    adapters: dict = {}
-    return [bool(pending_jobs(r, adapters=adapters)) for r in requests]
 
 
 def _attribute(request: AttributeRequest, study: Study, progress: Progress | None) -> list[AttributeResult]:

@@ -126,3 +126,16 @@ def test_the_torch_free_dataset_names_mirror_the_registry():
     from attrcli import names
 
     assert list(names.DATASETS) == DATASETS.names()
+
+
+def test_digits_read_from_scikit_learns_file_equal_load_digits():
+    """The digits come from scikit-learn's data file without importing scikit-learn, exactly as
+    ``load_digits`` gives them (so grid files stay byte-identical)."""
+    from sklearn.datasets import load_digits
+
+    from attrcli.data.digits import digits_arrays
+
+    images, labels = digits_arrays()
+    reference = load_digits()
+    assert images.dtype == reference.images.dtype and np.array_equal(images, reference.images)
+    assert np.array_equal(labels, reference.target) and images.shape == (1797, 8, 8)
