@@ -171,19 +171,11 @@ def _html(study: Study, record: dict[str, Any], report_dir: Path, scores: list[P
     """``reports/<study>/index.html`` (:mod:`attrcli.stages.html`) beside the summary, rendered
     only when the study record or a file it shows changed (their size, inode, mtime and ctime,
     kept in ``.index.inputs`` beside it): a warm run reads none of the artifacts again."""
-    import os
-
     from attrcli.metrics.summary import summarize
     from attrcli.stages.html import provenance_of, write_html
     from attrcli.store import content_hash
     from attrcli.store.files import write_bytes
-
-    def identity(path: Path) -> list[int] | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+    from attrcli.store.hashcache import file_identity as identity
 
     out, marker = report_dir / "index.html", report_dir / ".index.inputs"
     shown_files = [*scores, *figures, *correlations, *comparisons, *aggatts]
