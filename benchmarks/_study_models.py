@@ -13,7 +13,9 @@ A user's model is given to the CLI as ``module:attr``, a zero-argument factory r
   perturbations there instead of one per channel, each of unchanged cost.
 
 Factories are memoised: every CLI call and the loop get the same adapter object (the same
-weights), built once per process, so no call pays for drawing 133 M random weights again.
+weights), built once per process, so no call pays for drawing 133 M random weights again, nor
+for hashing them: the adapter carries the ``weights_hash`` ``create_model`` computed, and a
+factory's own hash is kept (``attrcli.models.weights_hash``).
 """
 
 from __future__ import annotations

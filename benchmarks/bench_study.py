@@ -7,10 +7,11 @@ downloads). Two sides, timed in the same run, with 1 torch thread each:
 
 - *attrcli*: ``attrcli attribute`` as a user runs the study, one call per model and setting
   with every method and layer (run in this process through ``attrcli.cli.main``, which costs no
-  interpreter start or ``import torch`` per call; each call still parses, validates, hashes the
-  weights, reads the grid file and writes its artifacts). The model reaches the CLI as a user
-  model, ``--model _study_models:NAME`` (``_study_models.py``: the registered network with the
-  weights of ``--weights random``, built once per process).
+  interpreter start or ``import torch`` per call; each call still parses, validates, reads the
+  grid file and writes its artifacts). The model reaches the CLI as a user model, ``--model
+  _study_models:NAME`` (``_study_models.py``: the registered network with the weights of
+  ``--weights random``, built once per process; its adapter carries the weights hash computed
+  then, which a factory's adapter keeps, as a ``--weights FILE`` is hashed once per file).
 - *loop*: the per-key loop of ``_baseline_loop.py`` (Captum / pytorch-grad-cam, one call per
   grid image, target and key), one key at a time, every target of every key timed.
 

@@ -211,8 +211,10 @@ def test_perturbation_floors_count_the_rows_the_methods_evaluate(setting_name, m
     x = torch.randn(grids, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     from attrcli.methods import occlusion
 
-    # the floors count the plain method's evaluations; incremental occlusion goes below them
+    # the floors count the plain method's evaluations; incremental occlusion goes below them, and
+    # so do the passes Score-CAM and Ablation-CAM skip (constant, repeated or zero channels)
     monkeypatch.setattr(occlusion, "INCREMENTAL", False)
+    monkeypatch.setattr(_perturb, "SKIP_KNOWN", False)
     evaluated = []
     original = _perturb.evaluate
     monkeypatch.setattr(_perturb, "evaluate", lambda ctx, rows, *a, **k: evaluated.append(len(rows)) or original(ctx, rows, *a, **k))
