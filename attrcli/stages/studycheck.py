@@ -15,6 +15,8 @@ pixels), so a study is checked before its grids are built.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,20 +118,15 @@ class _Where:
         self.file = Path(study.source).name or "study"
         self.study = study
 
-    def __call__(self, place: str, option: str | None = None) -> Any:
-        where = self
+    @contextmanager
+    def __call__(self, place: str, option: str | None = None) -> Iterator[None]:
         shown = option if option and option in self.study.overrides else f"{self.file}: {place}"
-
-        class _Guard:
-            def __enter__(self) -> None:
-                return None
-
-            def __exit__(self, kind, exc, tb) -> bool:
-                if isinstance(exc, UserError) and not str(exc).startswith(where.file + ":"):
-                    raise UserError(f"{shown}: {exc}") from None
-                return False
-
-        return _Guard()
+        try:
+            yield
+        except UserError as exc:
+            if str(exc).startswith(self.file + ":"):  # placed already
+                raise
+            raise UserError(f"{shown}: {exc}") from None
 
     def fail(self, place: str, message: str) -> None:
         raise UserError(f"{self.file}: {place}: {message}")
@@ -274,8 +271,6 @@ def check_study(study: Study, *, data_dir: Path = Path("data/grids"), cache_root
     for i, k in enumerate(study.smoothing.kernels or ()):
         if k < 3 or k % 2 == 0:
             where.fail(f"smoothing.kernels[{i}]", f"must be an odd integer >= 3, got {k}")
-    if study.launcher.kind == "slurm" and study.launcher.partition is None:
-        pass  # the cluster's default partition
     adapters = _adapters(study, where)
     cell_sizes = {a.cell_size for a in adapters.values()}
     cell_size = study.grids.cell_size or min(cell_sizes)
