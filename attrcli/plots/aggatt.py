@@ -210,9 +210,9 @@ def build_aggatt(*, aggatt_paths: list[Path]) -> Figure:
                         color="white", fontsize=8)
         ax.text(-0.1 * per_inch, y + size / 2, labels[r], ha="right", va="center", fontsize=8)
     cover(ax, gaps)
-    for boxes, colour, width in ((frames, "black", 0.8), (outlines, OUTLINE, 1.4)):
+    for boxes, colour, line in ((frames, "black", 0.8), (outlines, OUTLINE, 1.4)):
         ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor=colour,
-                                          linewidth=width, clip_on=False))
+                                          linewidth=line, clip_on=False))
     for b, label in enumerate(BIN_LABELS):
         ax.text(b * (size + gap) + size / 2, -0.06 * per_inch, label, ha="center", va="bottom",
                 fontsize=9)

@@ -230,9 +230,9 @@ def build_examples(*, aggatt_paths: list[Path], grid_file: Path | None = None) -
                     ha="center", va="bottom", fontsize=7)
         ax.text(-0.1 * per_inch, y + size / 2, labels[r], ha="right", va="center", fontsize=8)
     cover(ax, gaps)
-    for boxes, colour, width in ((frames, "black", 0.8), (outlines, OUTLINE, 1.4)):
+    for boxes, colour, line in ((frames, "black", 0.8), (outlines, OUTLINE, 1.4)):
         ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor=colour,
-                                          linewidth=width, clip_on=False))
+                                          linewidth=line, clip_on=False))
     for b, label in enumerate(BIN_LABELS):
         x = b * (2 * size + gap + bin_gap)
         ax.text(x + size + gap / 2, -0.2 * per_inch, label, ha="center", va="bottom", fontsize=9)

@@ -42,6 +42,9 @@ def test_rows_are_methods_and_layers_columns_are_bins(study):
     assert "gridpg · digits-vgg11" in fig.get_suptitle()
     assert bar.get_ylim() == (0.0, 1.0) and bar.get_ylabel() == "attribution / normaliser"
     assert fig.get_layout_engine() is None  # fixed geometry: no layout pass over many axes
+    # the colour bar stands right of the panels, inside the figure (not over a panel)
+    panels, scale = maps.get_position(), bar.get_position()
+    assert panels.x1 < scale.x0 < scale.x1 <= 1.0
 
 
 def test_each_row_image_is_its_bins_on_one_colour_scale(study):
