@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from attrcli.errors import UserError
 from attrcli.progress import Log, Progress
-from attrcli.stages.studycheck import PAPER_KS, StudyPlan, apply_overrides, check_study, scaled_kernels, study_path
+from attrcli.stages.studycheck import PAPER_KS, StudyPlan, apply_overrides, check_study, make_grids_args, scaled_kernels
 from attrcli.stages.studyfile import Study, load_study, preset_names, preset_text, read_study
 
 if TYPE_CHECKING:
@@ -233,7 +233,6 @@ def _grids(planned: StudyPlan, data_dir: Path, cache_root: Path, force: bool, pr
     from attrcli.stages.make_grids import make_grids
 
     study = planned.study
-    g = study.grids
     out: dict[Path, Path] = {}
     for source in planned.grids:
         if source.kind == "file":
@@ -242,21 +241,9 @@ def _grids(planned: StudyPlan, data_dir: Path, cache_root: Path, force: bool, pr
             out[source.path], _ = import_grids(source.source, variant=source.variant, model=study.models[0].name,
                                                out_dir=data_dir, force=force)
         else:
-            root = study_path(study, g.root) if g.root is not None else None
-            (out[source.path],) = make_grids(
-                dataset=g.dataset, root=root, variant=source.variant, n=g.n,
-                count=g.count_distinct if source.variant == "distinct" else g.count_corners,
-                cell_size=g.cell_size, min_conf=g.min_conf, models=list(source.models), seed=g.seed,
-                out_dir=data_dir, cache_dir=cache_root, device=planned.device, force=force, progress=progress,
-                weights=_weights_of(study, source.models),
-            )
+            (out[source.path],) = make_grids(**make_grids_args(study, source), out_dir=data_dir, cache_dir=cache_root,
+                                             device=planned.device, force=force, progress=progress)
     return out
-
-
-def _weights_of(study: Study, models: tuple[str, ...]) -> dict[str, str] | None:
-    """The study's weight files of ``models`` (None: every model's default)."""
-    given = {m.name: m.weights for m in study.models if m.name in models and m.weights is not None}
-    return given or None
 
 
 def _attribute_all(requests: list[AttributeRequest], planned: StudyPlan,

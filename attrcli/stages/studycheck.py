@@ -26,7 +26,8 @@ import numpy as np
 from attrcli.errors import UserError
 from attrcli.stages.studyfile import Study
 
-__all__ = ["GridSource", "StudyPlan", "apply_overrides", "check_study", "scaled_kernels", "study_path"]
+__all__ = ["GridSource", "StudyPlan", "apply_overrides", "check_study", "make_grids_args", "scaled_kernels", "stand_in_grid",
+           "study_path"]
 
 PAPER_KS = (9, 17, 33, 65, 129, 257)  # on 448-pixel grids (supplement D)
 GRID_VARIANT = {"gridpg": "distinct", "gridpg-rescaled": "distinct", "difull": "corners", "dipart": "corners"}
@@ -132,6 +133,18 @@ class _Where:
         raise UserError(f"{self.file}: {place}: {message}")
 
 
+def make_grids_args(study: Study, source: GridSource) -> dict[str, Any]:
+    """The :func:`~attrcli.stages.make_grids.make_grids` arguments that build ``source`` (the run
+    and the dry run call it alike)."""
+    g = study.grids
+    weights = {m.name: m.weights for m in study.models if m.name in source.models and m.weights is not None}
+    return {"dataset": g.dataset, "root": study_path(study, g.root) if g.root is not None else None,
+            "variant": source.variant, "n": g.n,
+            "count": g.count_distinct if source.variant == "distinct" else g.count_corners,
+            "cell_size": g.cell_size, "min_conf": g.min_conf, "models": list(source.models), "seed": g.seed,
+            "weights": weights or None}
+
+
 def study_path(study: Study, value: str) -> Path:
     """A path of the study file: relative to the file's folder (a preset's: to the working folder)."""
     path = Path(value).expanduser()
@@ -140,7 +153,7 @@ def study_path(study: Study, value: str) -> Path:
     return Path(study.source).parent / path
 
 
-def _stand_in(path: Path, *, n: int, cell_size: int, variant: str, count: int):
+def stand_in_grid(path: Path, *, n: int, cell_size: int, variant: str, count: int):
     """A grid file to come, as the checks see it: its name and shape, no pixels."""
     from attrcli.data.gridfile import GridFile
 
@@ -316,7 +329,7 @@ def check_study(study: Study, *, data_dir: Path = Path("data/grids"), cache_root
                   "seed": study.seed, "heads": heads}
         for s, setting in enumerate(study.settings):
             source = result.grid_for(GRID_VARIANT.get(setting, "distinct"), name)
-            stand_in = _stand_in(source.path, n=n, cell_size=adapter.cell_size, variant=source.variant,
+            stand_in = stand_in_grid(source.path, n=n, cell_size=adapter.cell_size, variant=source.variant,
                                  count=counts[source.variant])
             groups: dict[tuple[str, ...], list[str]] = {}
             for layer in layers_of[name]:
@@ -353,7 +366,7 @@ def _check_sanity(study: Study, where: _Where, result: StudyPlan, adapters: dict
     for name, adapter in adapters.items():
         for setting in san.settings:
             source = result.grid_for(GRID_VARIANT.get(setting, "distinct"), name)
-            stand_in = _stand_in(source.path, n=study.grids.n, cell_size=adapter.cell_size, variant=source.variant,
+            stand_in = stand_in_grid(source.path, n=study.grids.n, cell_size=adapter.cell_size, variant=source.variant,
                                  count=counts[source.variant])
             layers = [layer for layer in layers_of[name] if not san.layers or layer in san.layers]
             groups: dict[tuple[str, ...], list[str]] = {}

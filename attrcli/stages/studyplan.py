@@ -54,7 +54,6 @@ def _grid_statuses(planned: StudyPlan, cache_root: Path, force: bool) -> dict[Pa
     from attrcli.stages.make_grids import make_grids
 
     study = planned.study
-    g = study.grids
     out: dict[Path, str] = {}
     for source in planned.grids:
         if source.kind == "file":
@@ -67,16 +66,11 @@ def _grid_statuses(planned: StudyPlan, cache_root: Path, force: bool) -> dict[Pa
                                                        for m in study.models if m.name in source.models):
             out[source.path] = "to build"
         else:
-            from attrcli.stages.studycheck import study_path
+            from attrcli.stages.studycheck import make_grids_args
 
             seen: dict[Path, str] = {}
-            make_grids(dataset=g.dataset, root=study_path(study, g.root) if g.root else None,
-                       variant=source.variant, n=g.n,
-                       count=g.count_distinct if source.variant == "distinct" else g.count_corners,
-                       cell_size=g.cell_size, min_conf=g.min_conf, models=list(source.models), seed=g.seed,
-                       out_dir=source.path.parent, cache_dir=cache_root, device="cpu", dry_run=True,
-                       weights={m.name: m.weights for m in study.models if m.name in source.models and m.weights} or None,
-                       report=lambda path, status: seen.__setitem__(Path(path), status))
+            make_grids(**make_grids_args(study, source), out_dir=source.path.parent, cache_dir=cache_root,
+                       device="cpu", dry_run=True, report=lambda path, status: seen.__setitem__(Path(path), status))
             out[source.path] = seen.get(source.path, "to build")
     return out
 
@@ -123,7 +117,7 @@ def plan_study(planned: StudyPlan, *, cache_root: Path, force: bool = False) -> 
     from attrcli.data.gridfile import load_grid_file
     from attrcli.engine.attribute import batch_macs
     from attrcli.stages.plan import plan, up_to_date, weightless
-    from attrcli.stages.studycheck import _stand_in
+    from attrcli.stages.studycheck import stand_in_grid
 
     study = planned.study
     statuses = _grid_statuses(planned, cache_root, force)
@@ -146,7 +140,7 @@ def plan_study(planned: StudyPlan, *, cache_root: Path, force: bool = False) -> 
             grid = grid_files[path]
         else:
             source = next(g for g in planned.grids if g.path == path)
-            grid = _stand_in(path, n=study.grids.n, cell_size=planned.cell_size, variant=source.variant, count=1)
+            grid = stand_in_grid(path, n=study.grids.n, cell_size=planned.cell_size, variant=source.variant, count=1)
         shown = adapter if adapter is not None else (weightless(entry.name) or _random(entry.name))
         try:
             planned_jobs = plan(request, adapter=shown, grid_file=grid)
