@@ -38,7 +38,6 @@ import torch
 from torch import nn
 
 from attrcli.engine.context import AttributionContext
-from attrcli.engine.gradients import own_class_gradients
 from attrcli.methods.base import METHODS, Method, MethodTesting
 from attrcli.models.adapter import ModelAdapter
 from attrcli.models.bcos_models import encoding_of
@@ -113,18 +112,15 @@ class BcosContribution(Method):
         return torch.cat(maps)
 
     def _cells(self, ctx: AttributionContext, cells: torch.Tensor) -> torch.Tensor:
-        """DiFull: row ``r`` is target ``r % T`` of grid image ``r // T``, scored by its own head."""
+        """DiFull: row ``r`` is target ``r % T`` of grid image ``r // T``, scored by its own head
+        (:meth:`~attrcli.engine.context.AttributionContext.cell_gradients`)."""
         model, count = ctx.setting.model, ctx.targets.count
         slot = torch.arange(len(cells), device=ctx.device)
-        classes = ctx.targets.classes[slot // count, slot % count]
         maps = []
         step = ctx.batch_size * count
         for start in range(0, len(cells), step):
-            part = slice(start, start + step)
-            with torch.enable_grad():
-                x = cells[part].detach().requires_grad_(True)
-                logits = model.head(model.run_blocks(x, ctx.layer_index))
-                (gradient,) = own_class_gradients(logits, classes[part], [x])
-            maps.append((model.spatial(x.detach()) * model.spatial(gradient)).sum(1))
+            part = slot[start:start + step]
+            gradient = ctx.cell_gradients(cells[part], part // count, part % count)
+            maps.append((model.spatial(cells[part]) * model.spatial(gradient)).sum(1))
         maps = torch.cat(maps)
         return ctx.cells_to_map(maps.view(ctx.grids, count, *maps.shape[-2:]))
