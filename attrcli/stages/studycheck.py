@@ -163,12 +163,14 @@ def stand_in_grid(path: Path, *, n: int, cell_size: int, variant: str, count: in
                     num_classes=None, hash="")
 
 
-def _adapters(study: Study, where: _Where) -> dict:
+def _adapters(study: Study, where: _Where) -> tuple[dict, list]:
+    """Each model's adapter for the checks (weightless where it can be), and the models with
+    their weight files resolved against the study file's folder and checked."""
     from attrcli.models import create_model
     from attrcli.models.registry import check_weights
     from attrcli.stages.plan import weightless
 
-    out = {}
+    out, models = {}, []
     for i, entry in enumerate(study.models):
         if entry.name in out:
             where.fail(f"models[{i}]", f"{entry.name!r} is listed twice")
@@ -181,9 +183,10 @@ def _adapters(study: Study, where: _Where) -> dict:
             weights = study_path(study, entry.weights)
             with where(f"models[{i}].weights", "--weights"):
                 check_weights(entry.name, weights)
-            study.models[i] = dataclasses.replace(entry, weights=str(weights))
+            entry = dataclasses.replace(entry, weights=str(weights))
+        models.append(entry)
         out[entry.name] = adapter
-    return out
+    return out, models
 
 
 def _grid_sources(study: Study, where: _Where, variants: list[str], adapters: dict, cell_size: int,
@@ -269,7 +272,6 @@ def check_study(study: Study, *, data_dir: Path = Path("data/grids"), cache_root
     from attrcli.settings import SETTINGS, create_setting
     from attrcli.stages.plan import AttributeRequest, plan
 
-    study = dataclasses.replace(study, models=list(study.models))
     where = _Where(study)
     with where("compute.device", "--device"):
         device = resolve_device(study.compute.device)
@@ -284,7 +286,8 @@ def check_study(study: Study, *, data_dir: Path = Path("data/grids"), cache_root
     for i, k in enumerate(study.smoothing.kernels or ()):
         if k < 3 or k % 2 == 0:
             where.fail(f"smoothing.kernels[{i}]", f"must be an odd integer >= 3, got {k}")
-    adapters = _adapters(study, where)
+    adapters, models = _adapters(study, where)
+    study = dataclasses.replace(study, models=models)
     cell_sizes = {a.cell_size for a in adapters.values()}
     cell_size = study.grids.cell_size or min(cell_sizes)
     if not study.grids.per_model and len(cell_sizes) > 1:

@@ -129,9 +129,12 @@ def plan_study(planned: StudyPlan, *, cache_root: Path, force: bool = False) -> 
     arrays: list[dict[str, Any]] = []
     for request in planned.requests:
         entry = next(m for m in study.models if m.name == request.model)
-        if entry.name not in adapters:
-            adapters[entry.name] = _adapter(entry.name, entry.weights, cache_root)
-        adapter = adapters[entry.name]
+        if entry.name not in adapters:  # once a model: its weights, the adapter planned with, MACs
+            loaded = _adapter(entry.name, entry.weights, cache_root)
+            shown = loaded if loaded is not None else (weightless(entry.name) or _random(entry.name))
+            adapters[entry.name] = (loaded, shown,
+                                    batch_macs(weightless(entry.name) or shown, study.grids.n, 1) or 0.0)
+        adapter, shown, per_image = adapters[entry.name]
         path = Path(request.grids)
         checked = known[path] and adapter is not None
         if checked:
@@ -141,13 +144,11 @@ def plan_study(planned: StudyPlan, *, cache_root: Path, force: bool = False) -> 
         else:
             source = next(g for g in planned.grids if g.path == path)
             grid = stand_in_grid(path, n=study.grids.n, cell_size=planned.cell_size, variant=source.variant, count=1)
-        shown = adapter if adapter is not None else (weightless(entry.name) or _random(entry.name))
         try:
             planned_jobs = plan(request, adapter=shown, grid_file=grid)
         except UserError as exc:  # checked before; a grid file that changed since is named here
             raise UserError(f"{path}: {exc}") from None
         count = grid.count if checked else None
-        per_image = batch_macs(weightless(entry.name) or shown, study.grids.n, 1) or 0.0
         pair = by_pair.setdefault((entry.name, str(request.setting)), {
             "model": entry.name, "setting": str(request.setting), "grids": str(path), "to_compute": [],
             "up_to_date": [], "macs": 0.0, "grid_images": count,

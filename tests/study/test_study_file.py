@@ -341,3 +341,21 @@ def test_a_study_file_reaches_the_sanity_checks(mini):
     (mini / "mini.toml").write_text(broken)
     result = runner.invoke(app, ["run", "mini.toml"])
     assert result.exit_code == 2 and "mini.toml: sanity.methods[1]: unknown method 'randon'" in result.output
+
+
+def test_a_weights_path_is_read_relative_to_the_study_file(mini, monkeypatch):
+    """`weights = "w.pth"` names the file beside the study file, wherever the run starts."""
+    import torch
+
+    from tests.study.plugin_models import small_vgg
+
+    torch.save(small_vgg().module.state_dict(), mini / "w.pth")
+    text = MINI.replace(f'models = ["{PLUGIN_MODEL}"]', f'models = [{{ name = "{PLUGIN_MODEL}", weights = "w.pth" }}]')
+    (mini / "mini.toml").write_text(text)
+    (mini / "elsewhere").mkdir()
+    monkeypatch.chdir(mini / "elsewhere")
+    plan = _dry(["../mini.toml"])
+    assert plan["total"]["to_compute"] == 10
+    (mini / "w.pth").unlink()
+    result = runner.invoke(app, ["run", "../mini.toml", "--dry-run"])
+    assert result.exit_code == 2 and "mini.toml: models[0].weights: " in result.output
